@@ -1,0 +1,289 @@
+"""Configuration schema, and its conversion into plain run settings.
+
+The dataclasses below are registered in Hydra's ConfigStore: ``stemzip_base``
+holds every key with its default and type, and the ``parallel_processing``
+group holds one node per executor. :func:`load_settings` turns a composed
+config into :class:`RunSettings`, checking every value before any file is
+touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from stemzip.archive import ArchiveOptions
+from stemzip.errors import ConfigError, InputDirectoryError, OutputDirectoryError
+
+log = logging.getLogger(__name__)
+
+# OmegaConf 2.3 reads these annotations at run time and knows no "X | None"
+# unions, so the schema spells optional fields with typing.Optional.
+
+
+@dataclass
+class NameFilters:
+    # keep only names that contain every one of these substrings
+    contains: list[str] = field(default_factory=list)
+    # drop names that contain any of these substrings
+    not_contains: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StemFilename:
+    # extensions of the stem files, without the dot; "yml" selects "run1.yml"
+    extension: list[str] = field(default_factory=lambda: ["yml"])
+    # substring filters applied to stem file names
+    filters: NameFilters = field(default_factory=NameFilters)
+
+
+@dataclass
+class FileManagementConfig:
+    # folder holding the stem files; relative to the folder stemzip started in
+    input_directory: str = MISSING
+    # folder for <stem>.zip files, created if missing; null means the data folder
+    output_directory: Optional[str] = None
+    filename: StemFilename = field(default_factory=StemFilename)
+
+
+@dataclass
+class DataFilename:
+    # extensions of the data files to archive, without the dot
+    extension: list[str] = field(default_factory=lambda: ["csv"])
+
+
+@dataclass
+class AnalysisConfig:
+    # folder holding the data files; null means the stem folder
+    input_directory: Optional[str] = None
+    filename: DataFilename = field(default_factory=DataFilename)
+
+
+@dataclass
+class OverwriteConfig:
+    # true replaces an existing <stem>.zip; false keeps it and skips the stem
+    output: bool = True
+
+
+@dataclass
+class LegacyDefaultsConfig:
+    overwrite: OverwriteConfig = field(default_factory=OverwriteConfig)
+
+
+@dataclass
+class DefaultConfig:
+    config: LegacyDefaultsConfig = field(default_factory=LegacyDefaultsConfig)
+
+
+@dataclass
+class ArchiveConfig:
+    # member compression: stored, deflated, bzip2 or lzma
+    compression: str = "deflated"
+    # DEFLATE engine: auto (ISA-L when installed, else zlib), isal or zlib
+    engine: str = "auto"
+    # level in the compressor's own range (isal 0-3, zlib 0-9, bzip2 1-9);
+    # null picks its default: isal 3, zlib 6, bzip2 9
+    compresslevel: Optional[int] = None
+    # flush each archive to disk before it is renamed into place (slower)
+    fsync: bool = False
+
+
+@dataclass
+class ExecutorConfig:
+    _target_: str = MISSING
+    # false runs the stems one after another in this process
+    enabled: Any = True
+    # "auto" is min(CPUs, stems); otherwise a positive whole number
+    max_workers: Any = "auto"
+    # seconds one stem may take before it is failed; 0 or null means no limit
+    timeout_per_file: Optional[float] = None
+    # write a JSON report per failed stem into the job's output folder
+    save_error_reports: bool = False
+    # draw a progress bar on stderr when it is a terminal
+    progress_reporting: bool = False
+
+
+@dataclass
+class ParallelConfig(ExecutorConfig):
+    _target_: str = "stemzip.executors.ProcessPoolStemExecutor"
+    # multiprocessing start method: fork, spawn, forkserver; null is Python's
+    start_method: Optional[str] = None
+
+
+@dataclass
+class SequentialConfig(ExecutorConfig):
+    _target_: str = "stemzip.executors.SequentialStemExecutor"
+
+
+@dataclass
+class StemzipConfig:
+    # key of the composed config under which per-stem results are written
+    basename: str = "zip_utilities"
+    file_management: FileManagementConfig = field(
+        default_factory=FileManagementConfig
+    )
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    default: DefaultConfig = field(default_factory=DefaultConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    # chosen through the defaults list: parallel or sequential
+    parallel_processing: Any = MISSING
+
+
+def register_configs() -> None:
+    """Register the schema and the executor options in Hydra's ConfigStore."""
+    store = ConfigStore.instance()
+    store.store(name="stemzip_base", node=StemzipConfig)
+    store.store(group="parallel_processing", name="parallel", node=ParallelConfig)
+    store.store(group="parallel_processing", name="sequential", node=SequentialConfig)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one run needs, as plain values with folders resolved."""
+
+    basename: str
+    stem_directory: Path
+    data_directory: Path
+    output_directory: Path
+    stem_extensions: tuple[str, ...]
+    data_extensions: tuple[str, ...]
+    contains: tuple[str, ...] = ()
+    not_contains: tuple[str, ...] = ()
+    overwrite: bool = True
+    archive: ArchiveOptions = field(default_factory=ArchiveOptions)
+
+
+def _lookup(cfg: Any, key: str, default: Any = None) -> Any:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return default if node is None else node
+
+
+def _string_list(cfg: Any, key: str, default: Sequence[str]) -> tuple[str, ...]:
+    value = _lookup(cfg, key, default)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(
+            f"{key} must be a list of strings, got {value!r}; "
+            f"write it as a list, e.g. {key}=[{value}]"
+        )
+    if not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{key} must hold non-empty strings, got {list(value)!r}")
+    return tuple(value)
+
+
+def _extensions(cfg: Any, key: str, default: Sequence[str]) -> tuple[str, ...]:
+    values = tuple(ext.lstrip(".") for ext in _string_list(cfg, key, default))
+    if not values or not all(values):
+        raise ConfigError(f"{key} must name at least one extension, got {values!r}")
+    return values
+
+
+def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> Path:
+    value = _lookup(cfg, key)
+    if value is None:
+        if fallback is None:
+            raise InputDirectoryError(
+                f"{key} is not set; give the folder, e.g. {key}=path/to/runs"
+            )
+        return fallback
+    folder = (base_dir / str(value)).resolve()
+    if not folder.exists():
+        raise InputDirectoryError(
+            f"{key} {str(value)!r} does not exist (resolved to {folder}); "
+            f"set {key}=<an existing folder>"
+        )
+    if not folder.is_dir():
+        raise InputDirectoryError(
+            f"{key} {str(value)!r} is not a folder (resolved to {folder}); "
+            f"set {key}=<a folder>"
+        )
+    return folder
+
+
+def _output_folder(cfg: Any, base_dir: Path, fallback: Path) -> Path:
+    key = "file_management.output_directory"
+    value = _lookup(cfg, key)
+    folder = fallback if value is None else (base_dir / str(value)).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirectoryError(
+            f"{key} {str(value)!r} is a file, not a folder (resolved to {folder}); "
+            f"set {key}=<a folder>"
+        )
+    return folder
+
+
+def _archive_options(cfg: Any) -> ArchiveOptions:
+    level = _lookup(cfg, "archive.compresslevel")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
+        raise ConfigError(f"archive.compresslevel must be a whole number, got {level!r}")
+    options = ArchiveOptions(
+        compression=str(_lookup(cfg, "archive.compression", "deflated")),
+        engine=str(_lookup(cfg, "archive.engine", "auto")),
+        compresslevel=level,
+        fsync=bool(_lookup(cfg, "archive.fsync", False)),
+    )
+    options.check()
+    return options
+
+
+def _mapping(cfg: DictConfig | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(cfg, DictConfig):
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        assert isinstance(container, dict)
+        return container
+    return cfg
+
+
+def load_settings(
+    cfg: DictConfig | Mapping[str, Any], base_dir: Path
+) -> RunSettings:
+    """Check a composed config and turn it into :class:`RunSettings`.
+
+    Relative folders are resolved against ``base_dir``. Raises
+    :class:`~stemzip.errors.ConfigError` for a bad value and
+    :class:`~stemzip.errors.InputDirectoryError` for a missing folder; no file
+    is created or changed.
+    """
+    values = _mapping(cfg)
+    basename = _lookup(values, "basename", "zip_utilities")
+    if not isinstance(basename, str) or not basename:
+        raise ConfigError(f"basename must be a non-empty string, got {basename!r}")
+
+    stem_directory = _input_folder(
+        values, "file_management.input_directory", base_dir, None
+    )
+    data_directory = _input_folder(
+        values, "analysis.input_directory", base_dir, stem_directory
+    )
+    overwrite = _lookup(values, "default.config.overwrite.output", True)
+    if not isinstance(overwrite, bool):
+        raise ConfigError(
+            f"default.config.overwrite.output must be true or false, got {overwrite!r}"
+        )
+
+    return RunSettings(
+        basename=basename,
+        stem_directory=stem_directory,
+        data_directory=data_directory,
+        output_directory=_output_folder(values, base_dir, data_directory),
+        stem_extensions=_extensions(values, "file_management.filename.extension", ["yml"]),
+        data_extensions=_extensions(values, "analysis.filename.extension", ["csv"]),
+        contains=_string_list(values, "file_management.filename.filters.contains", []),
+        not_contains=_string_list(
+            values, "file_management.filename.filters.not_contains", []
+        ),
+        overwrite=overwrite,
+        archive=_archive_options(values),
+    )
+
+
+register_configs()

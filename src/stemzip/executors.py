@@ -1,0 +1,266 @@
+"""Executors: the ways of running a run's stem jobs.
+
+Every executor takes the same settings and offers one method, :meth:`run`,
+which returns one result per job, sorted by stem. A stem's failure is
+recorded in its result and the others go on. The ``parallel_processing``
+config group chooses the class, and ``hydra.utils.instantiate`` builds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+from stemzip.archive import StemJob, zip_stem
+from stemzip.errors import ConfigError
+from stemzip.results import StemResult
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[StemResult], None]
+# stems per batch sent to a worker at most; batches cut round trips for many
+# small stems, and the cap keeps the load spread when stems are few
+_MAX_BATCH = 64
+_BATCHES_PER_WORKER = 8
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(
+            f"parallel_processing.timeout_per_file must be a number of seconds "
+            f">= 0 (0 or null for no limit), got {value!r}"
+        )
+    return float(value)
+
+
+class StemExecutor(ABC):
+    """Runs stem jobs; subclasses decide where and how many at a time."""
+
+    name = "executor"
+
+    def __init__(
+        self,
+        enabled: Any = True,
+        max_workers: Any = "auto",
+        timeout_per_file: float | None = None,
+        save_error_reports: bool = False,
+        progress_reporting: bool = False,
+    ) -> None:
+        self.timeout = _check_timeout(timeout_per_file)
+        self.save_error_reports = bool(save_error_reports)
+        self.progress_reporting = bool(progress_reporting)
+
+    def describe(self, jobs: int) -> str:
+        """A few words for the log saying how ``jobs`` stems will run."""
+        return self.name
+
+    @abstractmethod
+    def _execute(self, jobs: Sequence[StemJob], report: Report) -> None:
+        """Run every job and pass each result to ``report`` once."""
+
+    def run(self, jobs: Sequence[StemJob]) -> list[StemResult]:
+        """Run ``jobs`` and return their results sorted by stem."""
+        results: list[StemResult] = []
+        with self._progress(len(jobs)) as advance:
+
+            def report(result: StemResult) -> None:
+                results.append(result)
+                advance(result)
+
+            self._execute(jobs, report)
+        return sorted(results, key=lambda result: result.stem)
+
+    @contextmanager
+    def _progress(self, total: int) -> Iterator[Report]:
+        shown = self.progress_reporting and sys.stderr.isatty()
+        with tqdm(total=total, unit="stem", disable=not shown, file=sys.stderr) as bar:
+            done_bytes = 0
+
+            def advance(result: StemResult) -> None:
+                nonlocal done_bytes
+                done_bytes += result.bytes_in
+                rate = done_bytes / max(bar.format_dict["elapsed"], 1e-6)
+                bar.set_postfix_str(f"{rate / 1e6:.1f} MB/s", refresh=False)
+                bar.update(1)
+
+            yield advance
+
+
+def run_in_process(jobs: Sequence[StemJob], report: Report, timeout: float | None) -> None:
+    """Run ``jobs`` one after another in this process."""
+    for job in jobs:
+        report(zip_stem(job, timeout))
+
+
+class SequentialStemExecutor(StemExecutor):
+    """Runs the stems one after another in this process."""
+
+    name = "sequential"
+
+    def _execute(self, jobs: Sequence[StemJob], report: Report) -> None:
+        run_in_process(jobs, report, self.timeout)
+
+
+def _check_enabled(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    log.warning(
+        "parallel_processing.enabled must be true or false, got %r; using true", value
+    )
+    return True
+
+
+def _check_max_workers(value: Any) -> int | None:
+    if value == "auto":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    log.warning(
+        "parallel_processing.max_workers must be 'auto' or a positive whole "
+        "number, got %r; using auto",
+        value,
+    )
+    return None
+
+
+def _check_start_method(value: str | None) -> str | None:
+    allowed = multiprocessing.get_all_start_methods()
+    if value is not None and value not in allowed:
+        raise ConfigError(
+            f"parallel_processing.start_method {value!r} is not one of "
+            f"{', '.join(allowed)}; set it to one of them or null"
+        )
+    return value
+
+
+def _batches(jobs: Sequence[StemJob], workers: int) -> list[list[StemJob]]:
+    # largest stems first, so the last worker does not finish alone on one
+    ordered = sorted(jobs, key=lambda job: job.size, reverse=True)
+    size = max(1, min(_MAX_BATCH, len(ordered) // (workers * _BATCHES_PER_WORKER)))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def _start_worker(queue: Any, level: int) -> None:
+    # send this process's log records to the parent, which hands them to its
+    # own handlers (Hydra's log file among them) whatever the start method
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(queue))
+    root.setLevel(level)
+
+
+def _zip_batch(batch: list[StemJob], timeout: float | None) -> list[StemResult]:
+    return [zip_stem(job, timeout) for job in batch]
+
+
+class _Redispatch(logging.Handler):
+    """Hands a record from a worker to the parent's logger of the same name."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+class ProcessPoolStemExecutor(StemExecutor):
+    """Runs stems in worker processes of a ``ProcessPoolExecutor``.
+
+    A single stem, or ``enabled: false``, runs in this process. If the pool
+    cannot start or breaks, the stems not yet done run in this process.
+    """
+
+    name = "parallel"
+
+    def __init__(
+        self,
+        enabled: Any = True,
+        max_workers: Any = "auto",
+        timeout_per_file: float | None = None,
+        save_error_reports: bool = False,
+        progress_reporting: bool = False,
+        start_method: str | None = None,
+    ) -> None:
+        super().__init__(
+            enabled, max_workers, timeout_per_file, save_error_reports, progress_reporting
+        )
+        self.enabled = _check_enabled(enabled)
+        self.max_workers = _check_max_workers(max_workers)
+        self.start_method = _check_start_method(start_method)
+
+    def workers_for(self, jobs: int) -> int:
+        """Worker processes used for ``jobs`` stems."""
+        limit = cpu_count() if self.max_workers is None else self.max_workers
+        return max(1, min(limit, jobs))
+
+    def describe(self, jobs: int) -> str:
+        if not self.enabled or jobs <= 1:
+            return "parallel (in this process)"
+        method = self.start_method or multiprocessing.get_start_method()
+        return f"parallel ({self.workers_for(jobs)} workers, {method})"
+
+    def _execute(self, jobs: Sequence[StemJob], report: Report) -> None:
+        if not self.enabled or len(jobs) <= 1:
+            run_in_process(jobs, report, self.timeout)
+            return
+        leftover = self._run_pool(jobs, report)
+        if leftover:
+            log.warning("running %d remaining stems in this process", len(leftover))
+            run_in_process(leftover, report, self.timeout)
+
+    def _run_pool(self, jobs: Sequence[StemJob], report: Report) -> list[StemJob]:
+        """Run ``jobs`` on a pool; return those it could not finish."""
+        context = multiprocessing.get_context(self.start_method)
+        workers = self.workers_for(len(jobs))
+        finished: set[str] = set()
+        failure: BaseException | None = None
+        queue = context.Queue()
+        listener = logging.handlers.QueueListener(queue, _Redispatch())
+        listener.start()
+        try:
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=context,
+                initializer=_start_worker,
+                initargs=(queue, logging.getLogger().getEffectiveLevel()),
+            ) as pool:
+                futures: list[Future[list[StemResult]]] = [
+                    pool.submit(_zip_batch, batch, self.timeout)
+                    for batch in _batches(jobs, workers)
+                ]
+                for future in as_completed(futures):
+                    # a broken pool fails every unfinished future at once;
+                    # their stems are still owed a result, given by the caller
+                    if future.exception() is not None:
+                        failure = future.exception()
+                        continue
+                    for result in future.result():
+                        finished.add(result.stem)
+                        report(result)
+        except Exception as exc:
+            failure = exc
+        finally:
+            listener.stop()
+            queue.close()
+        if failure is not None:
+            log.warning("process pool failed (%s: %s)", type(failure).__name__, failure)
+        return [job for job in jobs if job.stem not in finished]

@@ -1,0 +1,71 @@
+"""The outcome of each stem, and the run's summary."""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """What happened to one stem."""
+
+    ZIPPED = "zipped"
+    SKIPPED = "skipped"
+    NO_FILES = "no_files"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class StemResult:
+    """One stem's outcome; ``to_dict`` gives its entry in the results list."""
+
+    stem: str
+    status: Status
+    zip_file_path: str | None = None
+    files: tuple[str, ...] = ()
+    error: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # full traceback of a failure, kept for error reports, not for the results
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stem": self.stem,
+            "status": self.status.value,
+            "zip_file_path": self.zip_file_path,
+            "files": list(self.files),
+            "error": self.error,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts per status and bytes read and written over a whole run."""
+
+    counts: dict[Status, int]
+    bytes_in: int
+    bytes_out: int
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(Status.FAILED, 0)
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{self.counts.get(s, 0)} {s.value}" for s in Status)
+        return f"{counts}; {self.bytes_in} bytes in, {self.bytes_out} bytes out"
+
+
+def summarise(results: Iterable[StemResult]) -> Summary:
+    """Add up a run's results."""
+    results = list(results)
+    return Summary(
+        counts=dict(Counter(r.status for r in results)),
+        bytes_in=sum(r.bytes_in for r in results),
+        bytes_out=sum(r.bytes_out for r in results),
+    )

@@ -1,0 +1,142 @@
+"""The grouping-and-zipping step, as a plain function and as a pipeline task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from stemzip.config import ParallelConfig, RunSettings, load_settings
+from stemzip.errors import ConfigError, OutputDirectoryError
+from stemzip.executors import StemExecutor
+from stemzip.plan import plan_run
+from stemzip.results import Status, StemResult, summarise
+
+log = logging.getLogger(__name__)
+
+
+def base_directory() -> Path:
+    """The folder relative paths are resolved against: where the run started.
+
+    Under Hydra this is the folder the command was started in, even when the
+    job has changed its working directory.
+    """
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def build_executor(node: Any = None) -> StemExecutor:
+    """Build the executor that a ``parallel_processing`` node describes.
+
+    A missing node, or one without ``_target_``, gets the parallel executor
+    with the node's values over its defaults.
+    """
+    options = OmegaConf.structured(ParallelConfig)
+    if node is not None:
+        if not isinstance(node, (Mapping, DictConfig)):
+            raise ConfigError(
+                f"parallel_processing must be a group of settings, got {node!r}; "
+                "choose one with parallel_processing=parallel or =sequential"
+            )
+        options = OmegaConf.merge(OmegaConf.create({"_target_": options._target_}), node)
+    executor = instantiate(options, _convert_="all")
+    if not isinstance(executor, StemExecutor):
+        raise ConfigError(
+            f"parallel_processing._target_ {options._target_!r} is not a stemzip "
+            "executor; use parallel_processing=parallel or =sequential"
+        )
+    return executor
+
+
+def _prepare_output(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirectoryError(
+            f"file_management.output_directory {str(folder)!r} cannot be created "
+            f"({exc.strerror}); set file_management.output_directory=<a writable folder>"
+        ) from exc
+
+
+def zip_by_stem(settings: RunSettings, executor: StemExecutor) -> list[StemResult]:
+    """Group the data files by stem and write one archive per stem.
+
+    Returns one result per stem, sorted by stem; failed stems are included.
+    Raises :class:`~stemzip.errors.OutputDirectoryError` when the output
+    folder cannot be created, before any archive is written.
+    """
+    plan = plan_run(settings)
+    log.info(
+        "zipping %d stems (%d to write) from %s with %s into %s",
+        len(plan.stems),
+        len(plan.jobs),
+        settings.data_directory,
+        executor.describe(len(plan.jobs)),
+        settings.output_directory,
+    )
+    if plan.jobs:
+        _prepare_output(settings.output_directory)
+
+    results = executor.run(plan.jobs) + plan.settled
+    return sorted(results, key=lambda result: result.stem)
+
+
+def write_error_reports(results: Sequence[StemResult], folder: Path) -> list[Path]:
+    """Write one JSON report per failed stem into ``folder``; return their paths."""
+    written = []
+    for result in results:
+        if result.status is not Status.FAILED:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{result.stem}.error.json"
+        report = result.to_dict() | {"traceback": result.traceback}
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        written.append(path)
+    return written
+
+
+def _report_folder(settings: RunSettings) -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir) / "errors"
+    return settings.output_directory / "errors"
+
+
+def _store_results(
+    cfg: DictConfig | MutableMapping[str, Any], key: str, entries: list[dict[str, Any]]
+) -> None:
+    if isinstance(cfg, DictConfig):
+        with open_dict(cfg):
+            cfg[key] = entries
+    else:
+        cfg[key] = entries
+
+
+def run(cfg: DictConfig | MutableMapping[str, Any]) -> DictConfig | MutableMapping[str, Any]:
+    """Task entry point: zip by stem as ``cfg`` says and record the results.
+
+    Writes one entry per stem, sorted by stem, under ``cfg[cfg.basename]``
+    and returns ``cfg``. Configuration errors are raised before any file is
+    touched; a stem's failure is recorded in its entry, not raised.
+    """
+    started = time.perf_counter()
+    settings = load_settings(cfg, base_directory())
+    parallel = cfg.get("parallel_processing")
+    executor = build_executor(parallel)
+
+    results = zip_by_stem(settings, executor)
+    if executor.save_error_reports:
+        for path in write_error_reports(results, _report_folder(settings)):
+            log.info("error report written to %s", path)
+
+    summary = summarise(results)
+    log.info("done in %.2f s: %s", time.perf_counter() - started, summary.describe())
+    _store_results(cfg, settings.basename, [result.to_dict() for result in results])
+    return cfg
