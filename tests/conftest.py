@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from stemzip.config import RunSettings
+
+
+def write_run_tree(
+    root: Path, stems: Iterable[str], data: dict[str, str | bytes]
+) -> tuple[Path, Path]:
+    """Write stem files and data files under ``root``; return both folders."""
+    stem_dir = root / "stems"
+    data_dir = root / "data"
+    stem_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stem in stems:
+        (stem_dir / f"{stem}.yml").write_text(f"name: {stem}\n")
+    for name, content in data.items():
+        path = data_dir / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return stem_dir, data_dir
+
+
+def archive_contents(path: Path) -> dict[str, int]:
+    """Member name to CRC, after checking every member reads back."""
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        return {info.filename: info.CRC for info in archive.infolist()}
+
+
+def crc_of(path: Path) -> int:
+    return zlib.crc32(path.read_bytes())
+
+
+@pytest.fixture
+def run_tree(tmp_path: Path) -> Callable[..., RunSettings]:
+    """Build a run tree and return settings that point at it."""
+
+    def build(
+        stems: Iterable[str], data: dict[str, str | bytes], **changes: object
+    ) -> RunSettings:
+        stem_dir, data_dir = write_run_tree(tmp_path, stems, data)
+        values: dict[str, object] = {
+            "basename": "zip_utilities",
+            "stem_directory": stem_dir,
+            "data_directory": data_dir,
+            "output_directory": tmp_path / "out",
+            "stem_extensions": ("yml",),
+            "data_extensions": ("csv",),
+        }
+        values.update(changes)
+        return RunSettings(**values)  # type: ignore[arg-type]
+
+    return build

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from stemzip import archive as archive_module
+from stemzip.archive import ArchiveOptions, StemJob, write_archive, zip_stem
+from stemzip.errors import ConfigError, SourceChangedError
+from stemzip.results import Status
+
+from .conftest import archive_contents, crc_of
+
+ALL_OPTIONS = [
+    pytest.param(ArchiveOptions(compression="stored"), id="stored"),
+    pytest.param(ArchiveOptions(), id="deflated-default"),
+    pytest.param(ArchiveOptions(engine="isal", compresslevel=0), id="isal-0"),
+    pytest.param(ArchiveOptions(engine="zlib"), id="zlib-default"),
+    pytest.param(ArchiveOptions(engine="zlib", compresslevel=1), id="zlib-1"),
+    pytest.param(ArchiveOptions(engine="zlib", compresslevel=9), id="zlib-9"),
+    pytest.param(ArchiveOptions(compression="bzip2", compresslevel=1), id="bzip2"),
+    pytest.param(ArchiveOptions(compression="lzma"), id="lzma"),
+]
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = "".join(f"{i * 0.1:.1f},{i * 3.7:.6f},{-i:.3f}\n" for i in range(20000))
+    paths = [folder / "run1_b.csv", folder / "run1_a.csv", folder / "run1_empty.csv"]
+    paths[0].write_text("time,fx,fy\n" + rows)
+    paths[1].write_bytes(os.urandom(3 << 20))
+    paths[2].write_bytes(b"")
+    return sorted(paths)
+
+
+@pytest.mark.parametrize("options", ALL_OPTIONS)
+def test_members_read_back_with_source_crcs(
+    tmp_path: Path, sources: list[Path], options: ArchiveOptions
+) -> None:
+    target = tmp_path / "run1.zip"
+
+    read = write_archive(target, sources, options)
+
+    assert read == sum(path.stat().st_size for path in sources)
+    assert archive_contents(target) == {path.name: crc_of(path) for path in sources}
+    with zipfile.ZipFile(target) as archive:
+        assert [info.filename for info in archive.infolist()] == [p.name for p in sources]
+        expected = archive_module.COMPRESSION_METHODS[options.compression]
+        assert {info.compress_type for info in archive.infolist()} == {expected}
+    if shutil.which("unzip") and options.compression != "lzma":
+        # Info-ZIP's unzip reads every method but the lzma one here
+        subprocess.run(["unzip", "-tq", str(target)], check=True)
+
+
+def test_deflate_compresses_text(tmp_path: Path, sources: list[Path]) -> None:
+    text = [path for path in sources if path.name == "run1_b.csv"]
+    target = tmp_path / "run1.zip"
+
+    write_archive(target, text, ArchiveOptions())
+
+    assert target.stat().st_size < text[0].stat().st_size / 2
+
+
+def test_zlib_fallback_when_isal_is_missing(
+    tmp_path: Path, sources: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the isal package cannot be uninstalled for one test; hide it instead
+    monkeypatch.setattr(archive_module, "isal_zlib", None)
+    options = ArchiveOptions()
+
+    write_archive(tmp_path / "run1.zip", sources, options)
+
+    assert archive_module.available_engine() == "zlib"
+    assert archive_contents(tmp_path / "run1.zip") == {p.name: crc_of(p) for p in sources}
+    with pytest.raises(ConfigError, match="isal package is not installed"):
+        ArchiveOptions(engine="isal").check()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(ArchiveOptions(compression="zstd"), "not one of", id="method"),
+        pytest.param(ArchiveOptions(engine="fast"), "archive.engine", id="engine"),
+        pytest.param(
+            ArchiveOptions(engine="isal", compresslevel=4), r"outside 0\.\.3", id="isal"
+        ),
+        pytest.param(
+            ArchiveOptions(engine="zlib", compresslevel=10), r"outside 0\.\.9", id="zlib"
+        ),
+        pytest.param(
+            ArchiveOptions(compression="stored", compresslevel=1),
+            "must be null",
+            id="stored-level",
+        ),
+    ],
+)
+def test_bad_options_are_refused(options: ArchiveOptions, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        options.check()
+
+
+def test_failure_leaves_previous_archive_and_no_partial_file(
+    tmp_path: Path, sources: list[Path]
+) -> None:
+    target = tmp_path / "run1.zip"
+    write_archive(target, sources[:1], ArchiveOptions())
+    before = target.read_bytes()
+
+    with pytest.raises(FileNotFoundError):
+        write_archive(target, [*sources, tmp_path / "missing.csv"], ArchiveOptions())
+
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run1.zip"]
+
+
+def test_source_read_differs_from_its_size(tmp_path: Path) -> None:
+    # /proc files report size 0 but read as text: a real source whose bytes
+    # do not match what stat said
+    source = Path("/proc/self/status")
+    if not source.exists():
+        pytest.skip("needs /proc")
+    target = tmp_path / "run1.zip"
+
+    with pytest.raises(SourceChangedError, match="changed while it was being archived"):
+        write_archive(target, [source], ArchiveOptions())
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dates_outside_zip_range_are_clamped_and_sources_untouched(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "run1_old.csv"
+    new = tmp_path / "run1_new.csv"
+    old.write_text("a\n")
+    new.write_text("b\n")
+    os.utime(old, (0, 0))  # 1970
+    os.utime(new, (4_500_000_000, 4_500_000_000))  # 2112
+    stamps = {p: p.stat().st_mtime_ns for p in (old, new)}
+
+    write_archive(tmp_path / "run1.zip", [new, old], ArchiveOptions())
+
+    with zipfile.ZipFile(tmp_path / "run1.zip") as archive:
+        assert archive.getinfo("run1_old.csv").date_time[0] == 1980
+        assert archive.getinfo("run1_new.csv").date_time[0] == 2107
+    assert {p: p.stat().st_mtime_ns for p in (old, new)} == stamps
+
+
+def test_zip_stem_reports_failure_against_its_stem(tmp_path: Path) -> None:
+    job = StemJob(
+        stem="run1",
+        files=(str(tmp_path / "gone.csv"),),
+        archive_path=str(tmp_path / "run1.zip"),
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.FAILED
+    assert result.stem == "run1"
+    assert result.error is not None and "gone.csv" in result.error
+    assert result.traceback is not None and "FileNotFoundError" in result.traceback
+    assert not (tmp_path / "run1.zip").exists()
+
+
+def test_zip_stem_time_limit(tmp_path: Path) -> None:
+    # opening a FIFO with no writer blocks for ever: a real stuck read
+    fifo = tmp_path / "run1_pipe.csv"
+    os.mkfifo(fifo)
+    job = StemJob(stem="run1", files=(str(fifo),), archive_path=str(tmp_path / "r.zip"))
+
+    result = zip_stem(job, timeout=0.3)
+
+    assert result.status is Status.FAILED
+    assert result.error is not None and "timeout_per_file=0.3" in result.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run1_pipe.csv"]

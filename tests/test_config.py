@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+from stemzip.config import load_settings
+from stemzip.errors import ConfigError, InputDirectoryError, OutputDirectoryError
+
+
+@pytest.fixture
+def composed() -> Iterator[Any]:
+    with initialize_config_module(config_module="stemzip.conf", version_base="1.3"):
+
+        def make(*overrides: str) -> DictConfig:
+            return compose(config_name="config", overrides=list(overrides))
+
+        yield make
+
+
+def test_package_defaults(composed: Any) -> None:
+    cfg = composed()
+
+    assert cfg.basename == "zip_utilities"
+    assert OmegaConf.is_missing(cfg.file_management, "input_directory")
+    assert cfg.file_management.output_directory is None
+    assert cfg.file_management.filename.extension == ["yml"]
+    assert cfg.analysis.filename.extension == ["csv"]
+    assert cfg.default.config.overwrite.output is True
+    assert cfg.archive.compression == "deflated"
+    assert cfg.parallel_processing._target_.endswith("ProcessPoolStemExecutor")
+    assert cfg.parallel_processing.max_workers == "auto"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "expected"),
+    [
+        pytest.param(
+            ["parallel_processing=sequential"],
+            "parallel_processing._target_",
+            "stemzip.executors.SequentialStemExecutor",
+            id="sequential",
+        ),
+        pytest.param(
+            ["parallel_processing.max_workers=4"], "parallel_processing.max_workers", 4,
+            id="workers",
+        ),
+        pytest.param(
+            ["file_management.filename.extension=[yml,yaml]"],
+            "file_management.filename.extension",
+            ["yml", "yaml"],
+            id="extensions",
+        ),
+        pytest.param(["basename=zips"], "basename", "zips", id="basename"),
+        pytest.param(
+            ["archive.compression=stored"], "archive.compression", "stored", id="stored"
+        ),
+    ],
+)
+def test_overrides(composed: Any, overrides: list[str], key: str, expected: Any) -> None:
+    assert OmegaConf.select(composed(*overrides), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        pytest.param("parallel_processing=threads", "parallel_processing", id="group"),
+        pytest.param(
+            "parallel_processing.timeout_per_file=soon", "timeout_per_file", id="timeout"
+        ),
+        pytest.param("file_management.filename.extension=yml", "extension", id="list"),
+        pytest.param("default.config.overwrite.output=sometimes", "output", id="bool"),
+        pytest.param("archive.nonsense=1", "nonsense", id="unknown-key"),
+    ],
+)
+def test_schema_refuses_bad_types(composed: Any, override: str, message: str) -> None:
+    with pytest.raises(ConfigCompositionException, match=message):
+        composed(override)
+
+
+def _tree(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "runs" / "out").mkdir(parents=True)
+    return {"file_management": {"input_directory": "runs"}}
+
+
+def test_relative_folders_resolve_against_base_and_default_sensibly(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(_tree(tmp_path), tmp_path)
+
+    assert settings.stem_directory == tmp_path / "runs"
+    assert settings.data_directory == tmp_path / "runs"
+    assert settings.output_directory == tmp_path / "runs"
+    assert settings.stem_extensions == ("yml",)
+    assert settings.data_extensions == ("csv",)
+    assert settings.overwrite is True
+
+
+def test_all_keys_read(tmp_path: Path) -> None:
+    cfg = _tree(tmp_path)
+    cfg["file_management"] |= {
+        "output_directory": "zips",
+        "filename": {"extension": [".yaml"], "filters": {"contains": ["LWL"]}},
+    }
+    cfg["analysis"] = {"input_directory": "runs/out", "filename": {"extension": ["txt"]}}
+    cfg["default"] = {"config": {"overwrite": {"output": False}}}
+    cfg["archive"] = {"compression": "bzip2", "compresslevel": 3}
+
+    settings = load_settings(cfg, tmp_path)
+
+    assert settings.data_directory == tmp_path / "runs" / "out"
+    assert settings.output_directory == tmp_path / "zips"
+    assert settings.stem_extensions == ("yaml",)
+    assert settings.data_extensions == ("txt",)
+    assert settings.contains == ("LWL",)
+    assert settings.overwrite is False
+    assert settings.archive.compression == "bzip2"
+    assert settings.archive.level() == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        pytest.param(
+            {"file_management": {}},
+            InputDirectoryError,
+            r"file_management.input_directory is not set; .*input_directory=",
+            id="stem-folder-unset",
+        ),
+        pytest.param(
+            {"file_management": {"input_directory": "nowhere"}},
+            InputDirectoryError,
+            r"file_management.input_directory 'nowhere' does not exist \(resolved to "
+            r".*nowhere\); set file_management.input_directory=",
+            id="stem-folder-missing",
+        ),
+        pytest.param(
+            {"analysis": {"input_directory": "runs/missing"}},
+            InputDirectoryError,
+            r"analysis.input_directory 'runs/missing' does not exist",
+            id="data-folder-missing",
+        ),
+        pytest.param(
+            {"analysis": {"input_directory": "runs/a.yml"}},
+            InputDirectoryError,
+            r"analysis.input_directory 'runs/a.yml' is not a folder",
+            id="data-folder-is-file",
+        ),
+        pytest.param(
+            {"file_management": {"input_directory": "runs", "output_directory": "runs/a.yml"}},
+            OutputDirectoryError,
+            r"output_directory 'runs/a.yml' is a file",
+            id="output-is-file",
+        ),
+        pytest.param(
+            {"analysis": {"filename": {"extension": "csv"}}},
+            ConfigError,
+            r"analysis.filename.extension must be a list of strings, got 'csv'",
+            id="extension-string",
+        ),
+        pytest.param(
+            {"analysis": {"filename": {"extension": []}}},
+            ConfigError,
+            r"must name at least one extension",
+            id="extension-empty",
+        ),
+        pytest.param(
+            {"default": {"config": {"overwrite": {"output": "yes"}}}},
+            ConfigError,
+            r"overwrite.output must be true or false, got 'yes'",
+            id="overwrite",
+        ),
+        pytest.param(
+            {"archive": {"compression": "zstd"}},
+            ConfigError,
+            r"archive.compression 'zstd' is not one of stored, deflated, bzip2, lzma",
+            id="compression",
+        ),
+        pytest.param(
+            {"archive": {"compresslevel": "high"}},
+            ConfigError,
+            r"archive.compresslevel must be a whole number, got 'high'",
+            id="level-type",
+        ),
+        pytest.param({"basename": ""}, ConfigError, "basename must be", id="basename"),
+    ],
+)
+def test_bad_values_name_the_key(
+    tmp_path: Path, changes: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    cfg = _tree(tmp_path)
+    (tmp_path / "runs" / "a.yml").write_text("x")
+    cfg = OmegaConf.to_container(OmegaConf.merge(cfg, changes))
+    if changes.get("file_management") == {}:
+        cfg["file_management"] = {}
+
+    with pytest.raises(error, match=message):
+        load_settings(cfg, tmp_path)
+
+
+def test_nothing_is_created_while_checking(tmp_path: Path) -> None:
+    cfg = _tree(tmp_path)
+    cfg["file_management"]["output_directory"] = "new/zips"
+
+    load_settings(cfg, tmp_path)
+
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,254 @@
+"""One contract suite, run for every executor, plus each executor's own cases."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pytest_mock import MockerFixture
+
+from stemzip.archive import StemJob
+from stemzip.executors import (
+    ProcessPoolStemExecutor,
+    SequentialStemExecutor,
+    StemExecutor,
+    _batches,
+)
+from stemzip.results import Status
+
+from .conftest import archive_contents, crc_of
+
+EXECUTORS = [
+    pytest.param(lambda **kw: SequentialStemExecutor(**kw), id="sequential"),
+    pytest.param(
+        lambda **kw: ProcessPoolStemExecutor(max_workers=2, start_method="fork", **kw),
+        id="parallel-fork",
+    ),
+    pytest.param(
+        lambda **kw: ProcessPoolStemExecutor(max_workers=2, start_method="spawn", **kw),
+        id="parallel-spawn",
+    ),
+    pytest.param(
+        lambda **kw: ProcessPoolStemExecutor(
+            max_workers=2, start_method="forkserver", **kw
+        ),
+        id="parallel-forkserver",
+    ),
+    pytest.param(
+        lambda **kw: ProcessPoolStemExecutor(enabled=False, **kw), id="parallel-off"
+    ),
+]
+MakeExecutor = Callable[..., StemExecutor]
+
+
+def _jobs(folder: Path, stems: list[str], per_stem: int = 3) -> list[StemJob]:
+    data = folder / "data"
+    data.mkdir(exist_ok=True)
+    jobs = []
+    for number, stem in enumerate(stems):
+        files = []
+        for index in range(per_stem):
+            path = data / f"{stem}_ch{index}.csv"
+            path.write_text(f"t,x\n{number},{index}\n" * (50 + 40 * number))
+            files.append(str(path))
+        jobs.append(
+            StemJob(stem=stem, files=tuple(files), archive_path=str(folder / f"{stem}.zip"))
+        )
+    return jobs
+
+
+@pytest.mark.parametrize("make", EXECUTORS)
+class TestExecutorContract:
+    def test_one_sorted_result_per_job_with_correct_archives(
+        self, tmp_path: Path, make: MakeExecutor
+    ) -> None:
+        jobs = _jobs(tmp_path, ["run3", "run1", "run2", "run10"])
+
+        results = make().run(jobs)
+
+        assert [r.stem for r in results] == ["run1", "run10", "run2", "run3"]
+        assert {r.status for r in results} == {Status.ZIPPED}
+        for job in jobs:
+            expected = {Path(f).name: crc_of(Path(f)) for f in job.files}
+            assert archive_contents(Path(job.archive_path)) == expected
+
+    def test_one_failure_is_recorded_and_the_rest_go_on(
+        self, tmp_path: Path, make: MakeExecutor
+    ) -> None:
+        jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
+        Path(jobs[1].files[0]).unlink()
+
+        results = make().run(jobs)
+
+        assert [r.status for r in results] == [Status.ZIPPED, Status.FAILED, Status.ZIPPED]
+        assert results[1].error is not None and "run2_ch0.csv" in results[1].error
+        assert not Path(jobs[1].archive_path).exists()
+
+    def test_no_jobs(self, make: MakeExecutor) -> None:
+        assert make().run([]) == []
+
+    def test_worker_lines_reach_the_parent_log(
+        self, tmp_path: Path, make: MakeExecutor, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
+
+        make().run(jobs)
+
+        wrote = [r.getMessage() for r in caplog.records if r.name == "stemzip.archive"]
+        assert sorted(line.split(":")[0] for line in wrote) == sorted(
+            f"wrote {job.archive_path}" for job in jobs
+        )
+
+    def test_time_limit_fails_only_the_stuck_stem(
+        self, tmp_path: Path, make: MakeExecutor
+    ) -> None:
+        jobs = _jobs(tmp_path, ["run1", "run2"])
+        os.mkfifo(tmp_path / "data" / "run1_pipe.csv")
+        stuck = StemJob(
+            stem="run1",
+            files=(*jobs[0].files, str(tmp_path / "data" / "run1_pipe.csv")),
+            archive_path=jobs[0].archive_path,
+        )
+
+        results = make(timeout_per_file=0.5).run([stuck, jobs[1]])
+
+        assert [r.status for r in results] == [Status.FAILED, Status.ZIPPED]
+        assert results[0].error is not None and "timeout_per_file" in results[0].error
+
+
+def test_sequential_and_parallel_archives_are_identical(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, ["run1", "run2", "run3", "run4"])
+    SequentialStemExecutor().run(jobs)
+    first = {Path(j.archive_path).name: Path(j.archive_path).read_bytes() for j in jobs}
+    for job in jobs:
+        Path(job.archive_path).unlink()
+
+    ProcessPoolStemExecutor(max_workers=2).run(jobs)
+    second = {Path(j.archive_path).name: Path(j.archive_path).read_bytes() for j in jobs}
+
+    assert first == second
+
+
+def test_killed_worker_leaves_the_rest_to_this_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
+    pipe = tmp_path / "data" / "run2_pipe.csv"
+    os.mkfifo(pipe)
+    stuck = StemJob(stem="run2", files=(str(pipe),), archive_path=jobs[1].archive_path)
+
+    def kill_reader() -> None:
+        # opening for writing returns once a worker has opened it to read
+        with pipe.open("wb"):
+            for child in multiprocessing.active_children():
+                os.kill(child.pid or 0, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_reader, daemon=True)
+    killer.start()
+    executor = ProcessPoolStemExecutor(max_workers=2, timeout_per_file=1)
+    results = executor.run([jobs[0], stuck, jobs[2]])
+    killer.join(timeout=5)
+
+    assert [r.stem for r in results] == ["run1", "run2", "run3"]
+    assert [r.status for r in results] == [Status.ZIPPED, Status.FAILED, Status.ZIPPED]
+    assert "process pool failed" in caplog.text
+    assert archive_contents(Path(jobs[2].archive_path))
+
+
+def test_pool_that_cannot_start_falls_back(
+    tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a pool refused by the system (no semaphores, no processes left) cannot
+    # be provoked safely in a test
+    mocker.patch(
+        "stemzip.executors.ProcessPoolExecutor",
+        side_effect=OSError(38, "Function not implemented"),
+    )
+    jobs = _jobs(tmp_path, ["run1", "run2"])
+
+    results = ProcessPoolStemExecutor().run(jobs)
+
+    assert [r.status for r in results] == [Status.ZIPPED, Status.ZIPPED]
+    assert "process pool failed (OSError" in caplog.text
+    assert "running 2 remaining stems in this process" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message", "enabled", "workers"),
+    [
+        pytest.param({"enabled": "maybe"}, "enabled must be true or false", True, 2, id="enabled"),
+        pytest.param({"max_workers": 0}, "max_workers must be 'auto'", True, 2, id="zero"),
+        pytest.param({"max_workers": "four"}, "got 'four'; using auto", True, 2, id="text"),
+        pytest.param({"max_workers": -3}, "got -3", True, 2, id="negative"),
+    ],
+)
+def test_invalid_values_fall_back_with_a_warning(
+    kwargs: dict[str, object],
+    message: str,
+    enabled: bool,
+    workers: int,
+    caplog: pytest.LogCaptureFixture,
+    mocker: MockerFixture,
+) -> None:
+    mocker.patch("stemzip.executors.cpu_count", return_value=2)
+
+    executor = ProcessPoolStemExecutor(**kwargs)  # type: ignore[arg-type]
+
+    assert message in caplog.text
+    assert caplog.records[0].levelno == logging.WARNING
+    assert executor.enabled is enabled
+    assert executor.workers_for(10) == workers
+
+
+def test_workers_never_exceed_stems() -> None:
+    assert ProcessPoolStemExecutor(max_workers=8).workers_for(3) == 3
+    assert ProcessPoolStemExecutor(max_workers=2).workers_for(30) == 2
+
+
+@pytest.mark.parametrize(
+    ("stems", "workers", "expected"),
+    [
+        pytest.param(10, 2, [1] * 10, id="few-stems-one-each"),
+        pytest.param(1000, 2, [62] * 16 + [8], id="many-stems-batched"),
+        pytest.param(10000, 2, [64] * 156 + [16], id="capped"),
+    ],
+)
+def test_batches_cover_every_job_largest_first(
+    tmp_path: Path, stems: int, workers: int, expected: list[int]
+) -> None:
+    jobs = [
+        StemJob(stem=f"s{i}", files=(), archive_path=str(tmp_path / f"s{i}.zip"))
+        for i in range(stems)
+    ]
+
+    batches = _batches(jobs, workers)
+
+    assert [len(batch) for batch in batches] == expected
+    assert sorted(job.stem for batch in batches for job in batch) == sorted(
+        job.stem for job in jobs
+    )
+
+
+def test_large_stems_are_sent_first(tmp_path: Path) -> None:
+    jobs = _jobs(tmp_path, ["small", "big", "mid"])
+    Path(jobs[1].files[0]).write_text("x" * 100_000)
+    Path(jobs[2].files[0]).write_text("x" * 10_000)
+
+    assert [b[0].stem for b in _batches(jobs, 2)] == ["big", "mid", "small"]
+
+
+def test_bad_start_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="start_method 'thread' is not one of"):
+        ProcessPoolStemExecutor(start_method="thread")
+
+
+def test_negative_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match="timeout_per_file must be a number"):
+        SequentialStemExecutor(timeout_per_file=-1)

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stemzip.grouping import (
+    find_stems,
+    group_by_stem,
+    has_extension,
+    list_data_files,
+    owning_stem,
+)
+
+
+@pytest.mark.parametrize(
+    ("stems", "name", "expected"),
+    [
+        pytest.param(["run1", "run10"], "run10_forces.csv", "run10", id="prefix-stem"),
+        pytest.param(["run1", "run10"], "run1_forces.csv", "run1", id="short-stem"),
+        pytest.param(["run1"], "run10_forces.csv", None, id="no-substring-match"),
+        pytest.param(["run1"], "run1.csv", "run1", id="stem-plus-extension"),
+        pytest.param(["run1"], "run1-b.csv", "run1", id="dash"),
+        pytest.param(["run1"], "run1.b.csv", "run1", id="dot"),
+        pytest.param(["run1"], "run1 b.csv", "run1", id="space"),
+        pytest.param(["run1", "run1_a"], "run1_a_x.csv", "run1_a", id="longest-wins"),
+        pytest.param(["run1", "run1_a"], "run1_b_x.csv", "run1", id="longest-fits"),
+        pytest.param(["case.1"], "case.1_out.csv", "case.1", id="dotted-stem"),
+        pytest.param(["r[1]"], "r[1]_x.csv", "r[1]", id="brackets-literal"),
+        pytest.param(["r[1]"], "r1_x.csv", None, id="brackets-not-glob"),
+        pytest.param(["a+b*"], "a+b*_x.csv", "a+b*", id="regex-chars-literal"),
+        pytest.param(["a+b"], "aab_x.csv", None, id="plus-not-regex"),
+        pytest.param(["Run1"], "run1_x.csv", None, id="case-sensitive"),
+        pytest.param(["xrun1"], "run1_x.csv", None, id="not-a-suffix-match"),
+        pytest.param(["run1"], "prefix_run1_x.csv", None, id="not-in-middle"),
+    ],
+)
+def test_owning_stem(stems: list[str], name: str, expected: str | None) -> None:
+    assert owning_stem(name, frozenset(stems)) == expected
+
+
+def test_group_by_stem_sorts_and_counts_unmatched() -> None:
+    grouping = group_by_stem(
+        ["run10", "run1", "run2"],
+        ["run10_b.csv", "run1_b.csv", "run1_a.csv", "summary.csv", "run10_a.csv"],
+    )
+
+    assert list(grouping.members) == ["run1", "run10", "run2"]
+    assert grouping.members == {
+        "run1": ["run1_a.csv", "run1_b.csv"],
+        "run10": ["run10_a.csv", "run10_b.csv"],
+        "run2": [],
+    }
+    assert grouping.unmatched == ["summary.csv"]
+
+
+@pytest.mark.parametrize(
+    ("name", "extensions", "expected"),
+    [
+        pytest.param("a.csv", ["csv"], True, id="plain"),
+        pytest.param("a.CSV", ["csv"], True, id="any-case"),
+        pytest.param("a.csv.bak", ["csv"], False, id="not-final"),
+        pytest.param(".csv", ["csv"], False, id="extension-only"),
+        pytest.param("a.tar.gz", ["tar.gz"], True, id="two-part"),
+        pytest.param("acsv", ["csv"], False, id="no-dot"),
+    ],
+)
+def test_has_extension(name: str, extensions: list[str], expected: bool) -> None:
+    assert has_extension(name, extensions) is expected
+
+
+def test_find_stems_strips_final_extension_and_filters(tmp_path: Path) -> None:
+    for name in [
+        "case.1.yml",
+        "run_a.yml",
+        "run_b.yml",
+        "run_b_draft.yml",
+        "notes.txt",
+        "other.yaml",
+    ]:
+        (tmp_path / name).write_text("x")
+
+    assert find_stems(tmp_path, ["yml"]) == ["case.1", "run_a", "run_b", "run_b_draft"]
+    assert find_stems(tmp_path, ["yml", "yaml"], contains=["run"]) == [
+        "run_a",
+        "run_b",
+        "run_b_draft",
+    ]
+    assert find_stems(
+        tmp_path, ["yml"], contains=["run", "_b"], not_contains=["draft"]
+    ) == ["run_b"]
+
+
+def test_same_stem_from_two_extensions_counts_once(tmp_path: Path) -> None:
+    (tmp_path / "run1.yml").write_text("x")
+    (tmp_path / "run1.yaml").write_text("x")
+
+    assert find_stems(tmp_path, ["yml", "yaml"]) == ["run1"]
+
+
+def test_listing_skips_folders_and_fifos(tmp_path: Path) -> None:
+    (tmp_path / "run1_a.csv").write_text("x")
+    (tmp_path / "run1_dir.csv").mkdir()
+    os.mkfifo(tmp_path / "run1_pipe.csv")
+    (tmp_path / "run1_link.csv").symlink_to(tmp_path / "run1_a.csv")
+
+    assert list_data_files(tmp_path, ["csv"]) == ["run1_a.csv", "run1_link.csv"]
+
+
+_name_chars = st.sampled_from("ab1_-.")
+
+
+@given(
+    stems=st.sets(st.text(_name_chars, min_size=1, max_size=5), max_size=6),
+    names=st.sets(st.text(_name_chars, min_size=1, max_size=9), max_size=20),
+)
+def test_every_file_lands_once_in_its_longest_stem(
+    stems: set[str], names: set[str]
+) -> None:
+    grouping = group_by_stem(stems, names)
+
+    placed = [name for members in grouping.members.values() for name in members]
+    assert sorted(placed + grouping.unmatched) == sorted(names)
+    for stem, members in grouping.members.items():
+        for name in members:
+            fitting = [
+                s
+                for s in stems
+                if name.startswith(s) and len(name) > len(s) and not name[len(s)].isalnum()
+            ]
+            assert stem == max(fitting, key=len)
+    for name in grouping.unmatched:
+        assert not any(
+            name.startswith(s) and len(name) > len(s) and not name[len(s)].isalnum()
+            for s in stems
+        )
