@@ -266,12 +266,13 @@ def _seconds(value: float | None) -> str:
 
 def print_report(table: Table, help_run: Measurement, targets: list[Target]) -> None:
     print(f"\n{'set':<9} {'tool':<18} {'seconds':>8} {'archives':>9} {'bytes':>13}")
-    for item in [*table.values(), help_run]:
+    for item in table.values():
         line = (
             f"{item.set_name:<9} {item.tool:<18} {_seconds(item.seconds):>8} "
             f"{item.archives:>9} {item.archive_bytes:>13,}"
         )
         print(line + (f"  ERROR {item.error}" if item.error else ""))
+    print(f"{'-':<9} {help_run.tool:<18} {_seconds(help_run.seconds):>8}")
 
     print(f"\n{'target':<38} {'measured':>9} {'goal':>9}  verdict")
     for target in targets:

@@ -165,7 +165,8 @@ def _lookup(cfg: Any, key: str, default: Any = None) -> Any:
         if not isinstance(node, Mapping) or part not in node:
             return default
         node = node[part]
-    return default if node is None else node
+    # a mandatory value left unset reads as "???" once converted to a dict
+    return default if node is None or node == MISSING else node
 
 
 def _string_list(cfg: Any, key: str, default: Sequence[str]) -> tuple[str, ...]:

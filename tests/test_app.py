@@ -1,0 +1,161 @@
+"""The installed ``stemzip`` command, run end to end in a subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import archive_contents, crc_of, write_run_tree
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+STEMZIP = Path(sys.executable).with_name("stemzip")
+EXAMPLE_STEMS = [
+    "FST2F_FST1F_HWL_000deg",
+    "FST2F_FST1F_HWL_090deg",
+    "FST2F_FST1F_LWL_000deg",
+    "FST2F_FST1F_LWL_000deg_storm",
+    "FST2F_FST1F_LWL_045deg",
+]
+
+
+def stemzip(cwd: Path, *args: str, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(command or [str(STEMZIP)]), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _results(run_dir: Path) -> list[dict[str, object]]:
+    saved = yaml.safe_load((run_dir / "results.yaml").read_text())
+    return saved[saved["basename"]]
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A copy of the repository's example project, to run in."""
+    shutil.copytree(REPOSITORY / "conf", tmp_path / "conf")
+    shutil.copytree(REPOSITORY / "examples" / "runs", tmp_path / "examples" / "runs")
+    return tmp_path
+
+
+def test_example_with_no_arguments(example: Path) -> None:
+    done = stemzip(example, "hydra.run.dir=job")
+
+    assert done.returncode == 0, done.stderr
+    results = _results(example / "job")
+    assert [r["stem"] for r in results] == EXAMPLE_STEMS
+    assert [r["status"] for r in results] == [
+        "zipped",
+        "no_files",
+        "zipped",
+        "zipped",
+        "zipped",
+    ]
+    zipped = example / "examples" / "zipped"
+    data = example / "examples" / "runs" / "output"
+    for entry in results:
+        if entry["status"] != "zipped":
+            continue
+        members = archive_contents(Path(str(entry["zip_file_path"])))
+        assert members == {Path(str(f)).name: crc_of(Path(str(f))) for f in entry["files"]}
+        assert all(name.startswith(entry["stem"] + "_") for name in members)
+    storm = archive_contents(zipped / "FST2F_FST1F_LWL_000deg_storm.zip")
+    calm = archive_contents(zipped / "FST2F_FST1F_LWL_000deg.zip")
+    assert not set(storm) & set(calm)
+    assert len(calm) == 4
+    assert sorted(p.name for p in zipped.iterdir()) == [
+        f"{stem}.zip" for stem in EXAMPLE_STEMS if stem != "FST2F_FST1F_HWL_090deg"
+    ]
+    assert (data / "campaign_summary.csv").is_file()
+    if shutil.which("unzip"):
+        for archive in zipped.iterdir():
+            subprocess.run(["unzip", "-tq", str(archive)], check=True)
+    log = (example / "job" / "stemzip.log").read_text()
+    assert "zipping 5 stems (4 to write)" in log
+    assert log.count("wrote ") == 4, "worker lines belong in the job log"
+    assert "4 zipped, 0 skipped, 1 no_files, 0 failed" in log
+
+
+def test_python_dash_m_and_overrides_on_another_tree(tmp_path: Path) -> None:
+    write_run_tree(tmp_path, ["a", "b"], {"a_1.dat": "1", "b_1.dat": "2", "a_2.csv": "x"})
+    (tmp_path / "work").mkdir()
+
+    done = stemzip(
+        tmp_path / "work",
+        "file_management.input_directory=../stems",
+        "analysis.input_directory=../data",
+        "analysis.filename.extension=[dat]",
+        "file_management.output_directory=../zips",
+        "parallel_processing=sequential",
+        "hydra.run.dir=job",
+        "hydra.job.chdir=true",
+        command=[sys.executable, "-m", "stemzip"],
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert archive_contents(tmp_path / "zips" / "a.zip").keys() == {"a_1.dat"}
+    assert archive_contents(tmp_path / "zips" / "b.zip").keys() == {"b_1.dat"}
+    assert [r["status"] for r in _results(tmp_path / "work" / "job")] == [
+        "zipped",
+        "zipped",
+    ]
+
+
+def test_failed_stem_exits_one_and_is_in_the_results(example: Path) -> None:
+    zipped = example / "examples" / "zipped"
+    (zipped / "FST2F_FST1F_LWL_045deg.zip").mkdir(parents=True)
+
+    done = stemzip(example, "hydra.run.dir=job", "parallel_processing.max_workers=2")
+
+    assert done.returncode == 1
+    by_stem = {r["stem"]: r for r in _results(example / "job")}
+    assert by_stem["FST2F_FST1F_LWL_045deg"]["status"] == "failed"
+    assert "IsADirectoryError" in str(by_stem["FST2F_FST1F_LWL_045deg"]["error"])
+    assert by_stem["FST2F_FST1F_LWL_000deg"]["status"] == "zipped"
+    assert "1 failed" in (example / "job" / "stemzip.log").read_text()
+
+
+def test_missing_folder_exits_two_naming_the_key(tmp_path: Path) -> None:
+    done = stemzip(tmp_path, "file_management.input_directory=nowhere", "hydra.run.dir=job")
+
+    assert done.returncode == 2
+    assert "file_management.input_directory 'nowhere' does not exist" in done.stderr
+    assert not (tmp_path / "job" / "results.yaml").exists()
+
+
+def test_package_defaults_need_the_stem_folder(tmp_path: Path) -> None:
+    done = stemzip(tmp_path, "hydra.run.dir=job")
+
+    assert done.returncode == 2
+    assert "file_management.input_directory is not set" in done.stderr
+
+
+def test_multirun_gives_one_results_file_per_job(example: Path) -> None:
+    done = stemzip(
+        example,
+        "-m",
+        "parallel_processing=sequential,parallel",
+        "hydra.sweep.dir=sweep",
+    )
+
+    assert done.returncode == 0, done.stderr
+    first, second = (_results(example / "sweep" / str(n)) for n in (0, 1))
+    assert [r["status"] for r in first] == [r["status"] for r in second]
+    saved = yaml.safe_load((example / "sweep" / "1" / "results.yaml").read_text())
+    assert saved["parallel_processing"]["_target_"].endswith("ProcessPoolStemExecutor")
+
+
+def test_help_names_the_groups(tmp_path: Path) -> None:
+    done = stemzip(tmp_path, "--help")
+
+    assert done.returncode == 0
+    assert "parallel_processing: parallel, sequential" in done.stdout
