@@ -23,7 +23,9 @@ EXAMPLE_STEMS = [
 ]
 
 
-def stemzip(cwd: Path, *args: str, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def stemzip(
+    cwd: Path, *args: str, command: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*(command or [str(STEMZIP)]), *args],
         cwd=cwd,
@@ -66,7 +68,9 @@ def test_example_with_no_arguments(example: Path) -> None:
         if entry["status"] != "zipped":
             continue
         members = archive_contents(Path(str(entry["zip_file_path"])))
-        assert members == {Path(str(f)).name: crc_of(Path(str(f))) for f in entry["files"]}
+        assert members == {
+            Path(str(f)).name: crc_of(Path(str(f))) for f in entry["files"]
+        }
         assert all(name.startswith(entry["stem"] + "_") for name in members)
     storm = archive_contents(zipped / "FST2F_FST1F_LWL_000deg_storm.zip")
     calm = archive_contents(zipped / "FST2F_FST1F_LWL_000deg.zip")
@@ -86,7 +90,9 @@ def test_example_with_no_arguments(example: Path) -> None:
 
 
 def test_python_dash_m_and_overrides_on_another_tree(tmp_path: Path) -> None:
-    write_run_tree(tmp_path, ["a", "b"], {"a_1.dat": "1", "b_1.dat": "2", "a_2.csv": "x"})
+    write_run_tree(
+        tmp_path, ["a", "b"], {"a_1.dat": "1", "b_1.dat": "2", "a_2.csv": "x"}
+    )
     (tmp_path / "work").mkdir()
 
     done = stemzip(
@@ -125,7 +131,9 @@ def test_failed_stem_exits_one_and_is_in_the_results(example: Path) -> None:
 
 
 def test_missing_folder_exits_two_naming_the_key(tmp_path: Path) -> None:
-    done = stemzip(tmp_path, "file_management.input_directory=nowhere", "hydra.run.dir=job")
+    done = stemzip(
+        tmp_path, "file_management.input_directory=nowhere", "hydra.run.dir=job"
+    )
 
     assert done.returncode == 2
     assert "file_management.input_directory 'nowhere' does not exist" in done.stderr

@@ -50,7 +50,9 @@ def test_members_read_back_with_source_crcs(
     assert read == sum(path.stat().st_size for path in sources)
     assert archive_contents(target) == {path.name: crc_of(path) for path in sources}
     with zipfile.ZipFile(target) as archive:
-        assert [info.filename for info in archive.infolist()] == [p.name for p in sources]
+        assert [info.filename for info in archive.infolist()] == [
+            p.name for p in sources
+        ]
         expected = archive_module.COMPRESSION_METHODS[options.compression]
         assert {info.compress_type for info in archive.infolist()} == {expected}
     if shutil.which("unzip") and options.compression != "lzma":
@@ -77,7 +79,9 @@ def test_zlib_fallback_when_isal_is_missing(
     write_archive(tmp_path / "run1.zip", sources, options)
 
     assert archive_module.available_engine() == "zlib"
-    assert archive_contents(tmp_path / "run1.zip") == {p.name: crc_of(p) for p in sources}
+    assert archive_contents(tmp_path / "run1.zip") == {
+        p.name: crc_of(p) for p in sources
+    }
     with pytest.raises(ConfigError, match="isal package is not installed"):
         ArchiveOptions(engine="isal").check()
 
@@ -91,7 +95,9 @@ def test_zlib_fallback_when_isal_is_missing(
             ArchiveOptions(engine="isal", compresslevel=4), r"outside 0\.\.3", id="isal"
         ),
         pytest.param(
-            ArchiveOptions(engine="zlib", compresslevel=10), r"outside 0\.\.9", id="zlib"
+            ArchiveOptions(engine="zlib", compresslevel=10),
+            r"outside 0\.\.9",
+            id="zlib",
         ),
         pytest.param(
             ArchiveOptions(compression="stored", compresslevel=1),

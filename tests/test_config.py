@@ -47,7 +47,9 @@ def test_package_defaults(composed: Any) -> None:
             id="sequential",
         ),
         pytest.param(
-            ["parallel_processing.max_workers=4"], "parallel_processing.max_workers", 4,
+            ["parallel_processing.max_workers=4"],
+            "parallel_processing.max_workers",
+            4,
             id="workers",
         ),
         pytest.param(
@@ -62,7 +64,9 @@ def test_package_defaults(composed: Any) -> None:
         ),
     ],
 )
-def test_overrides(composed: Any, overrides: list[str], key: str, expected: Any) -> None:
+def test_overrides(
+    composed: Any, overrides: list[str], key: str, expected: Any
+) -> None:
     assert OmegaConf.select(composed(*overrides), key) == expected
 
 
@@ -71,7 +75,9 @@ def test_overrides(composed: Any, overrides: list[str], key: str, expected: Any)
     [
         pytest.param("parallel_processing=threads", "parallel_processing", id="group"),
         pytest.param(
-            "parallel_processing.timeout_per_file=soon", "timeout_per_file", id="timeout"
+            "parallel_processing.timeout_per_file=soon",
+            "timeout_per_file",
+            id="timeout",
         ),
         pytest.param("file_management.filename.extension=yml", "extension", id="list"),
         pytest.param("default.config.overwrite.output=sometimes", "output", id="bool"),
@@ -107,7 +113,10 @@ def test_all_keys_read(tmp_path: Path) -> None:
         "output_directory": "zips",
         "filename": {"extension": [".yaml"], "filters": {"contains": ["LWL"]}},
     }
-    cfg["analysis"] = {"input_directory": "runs/out", "filename": {"extension": ["txt"]}}
+    cfg["analysis"] = {
+        "input_directory": "runs/out",
+        "filename": {"extension": ["txt"]},
+    }
     cfg["default"] = {"config": {"overwrite": {"output": False}}}
     cfg["archive"] = {"compression": "bzip2", "compresslevel": 3}
 
@@ -152,7 +161,12 @@ def test_all_keys_read(tmp_path: Path) -> None:
             id="data-folder-is-file",
         ),
         pytest.param(
-            {"file_management": {"input_directory": "runs", "output_directory": "runs/a.yml"}},
+            {
+                "file_management": {
+                    "input_directory": "runs",
+                    "output_directory": "runs/a.yml",
+                }
+            },
             OutputDirectoryError,
             r"output_directory 'runs/a.yml' is a file",
             id="output-is-file",

@@ -58,7 +58,9 @@ def _jobs(folder: Path, stems: list[str], per_stem: int = 3) -> list[StemJob]:
             path.write_text(f"t,x\n{number},{index}\n" * (50 + 40 * number))
             files.append(str(path))
         jobs.append(
-            StemJob(stem=stem, files=tuple(files), archive_path=str(folder / f"{stem}.zip"))
+            StemJob(
+                stem=stem, files=tuple(files), archive_path=str(folder / f"{stem}.zip")
+            )
         )
     return jobs
 
@@ -86,7 +88,11 @@ class TestExecutorContract:
 
         results = make().run(jobs)
 
-        assert [r.status for r in results] == [Status.ZIPPED, Status.FAILED, Status.ZIPPED]
+        assert [r.status for r in results] == [
+            Status.ZIPPED,
+            Status.FAILED,
+            Status.ZIPPED,
+        ]
         assert results[1].error is not None and "run2_ch0.csv" in results[1].error
         assert not Path(jobs[1].archive_path).exists()
 
@@ -131,7 +137,9 @@ def test_sequential_and_parallel_archives_are_identical(tmp_path: Path) -> None:
         Path(job.archive_path).unlink()
 
     ProcessPoolStemExecutor(max_workers=2).run(jobs)
-    second = {Path(j.archive_path).name: Path(j.archive_path).read_bytes() for j in jobs}
+    second = {
+        Path(j.archive_path).name: Path(j.archive_path).read_bytes() for j in jobs
+    }
 
     assert first == second
 
@@ -183,9 +191,15 @@ def test_pool_that_cannot_start_falls_back(
 @pytest.mark.parametrize(
     ("kwargs", "message", "enabled", "workers"),
     [
-        pytest.param({"enabled": "maybe"}, "enabled must be true or false", True, 2, id="enabled"),
-        pytest.param({"max_workers": 0}, "max_workers must be 'auto'", True, 2, id="zero"),
-        pytest.param({"max_workers": "four"}, "got 'four'; using auto", True, 2, id="text"),
+        pytest.param(
+            {"enabled": "maybe"}, "enabled must be true or false", True, 2, id="enabled"
+        ),
+        pytest.param(
+            {"max_workers": 0}, "max_workers must be 'auto'", True, 2, id="zero"
+        ),
+        pytest.param(
+            {"max_workers": "four"}, "got 'four'; using auto", True, 2, id="text"
+        ),
         pytest.param({"max_workers": -3}, "got -3", True, 2, id="negative"),
     ],
 )

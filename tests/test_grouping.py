@@ -129,7 +129,9 @@ def test_every_file_lands_once_in_its_longest_stem(
             fitting = [
                 s
                 for s in stems
-                if name.startswith(s) and len(name) > len(s) and not name[len(s)].isalnum()
+                if name.startswith(s)
+                and len(name) > len(s)
+                and not name[len(s)].isalnum()
             ]
             assert stem == max(fitting, key=len)
     for name in grouping.unmatched:

@@ -35,7 +35,7 @@ def _record(status: int) -> None:
 def zip_job(cfg: DictConfig) -> None:
     """One Hydra job: zip, save ``results.yaml``, and note the exit status."""
     try:
-        cfg = run(cfg)
+        run(cfg)
     except StemzipError as exc:
         log.error("%s", exc)
         _record(EXIT_BAD_CONFIG)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from stemzip.errors import ConfigError, SourceChangedError, StemTimeoutError
 from stemzip.results import Status, StemResult
 
+isal_zlib: Any
 try:
     from isal import isal_zlib
 except ImportError:  # the accelerated engine is optional at run time
@@ -124,7 +125,8 @@ class ArchiveOptions:
         # ZIP members hold raw DEFLATE streams: no zlib header, hence wbits -15
         if available_engine(self.engine) == "isal":
             assert isal_zlib is not None
-            return isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+            fast: _Compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+            return fast
         return zlib.compressobj(level if level is not None else 6, zlib.DEFLATED, -15)
 
 
@@ -148,14 +150,16 @@ class StemJob:
         return total
 
 
-def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, options: ArchiveOptions) -> Any:
+def _open_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, options: ArchiveOptions
+) -> Any:
     writer = archive.open(info, "w")
     compressor = options.new_compressor()
     if compressor is not None:
         # zipfile has no public hook for the compressor; its member writer
         # keeps one in _compressor, built from the same method, and calls only
         # compress() and flush() on it, so an equivalent object can stand in.
-        writer._compressor = compressor
+        writer._compressor = compressor  # type: ignore[attr-defined]
     return writer
 
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -22,9 +22,6 @@ from stemzip.archive import ArchiveOptions
 from stemzip.errors import ConfigError, InputDirectoryError, OutputDirectoryError
 
 log = logging.getLogger(__name__)
-
-# OmegaConf 2.3 reads these annotations at run time and knows no "X | None"
-# unions, so the schema spells optional fields with typing.Optional.
 
 
 @dataclass
@@ -48,7 +45,7 @@ class FileManagementConfig:
     # folder holding the stem files; relative to the folder stemzip started in
     input_directory: str = MISSING
     # folder for <stem>.zip files, created if missing; null means the data folder
-    output_directory: Optional[str] = None
+    output_directory: str | None = None
     filename: StemFilename = field(default_factory=StemFilename)
 
 
@@ -61,7 +58,7 @@ class DataFilename:
 @dataclass
 class AnalysisConfig:
     # folder holding the data files; null means the stem folder
-    input_directory: Optional[str] = None
+    input_directory: str | None = None
     filename: DataFilename = field(default_factory=DataFilename)
 
 
@@ -89,7 +86,7 @@ class ArchiveConfig:
     engine: str = "auto"
     # level in the compressor's own range (isal 0-3, zlib 0-9, bzip2 1-9);
     # null picks its default: isal 3, zlib 6, bzip2 9
-    compresslevel: Optional[int] = None
+    compresslevel: int | None = None
     # flush each archive to disk before it is renamed into place (slower)
     fsync: bool = False
 
@@ -102,7 +99,7 @@ class ExecutorConfig:
     # "auto" is min(CPUs, stems); otherwise a positive whole number
     max_workers: Any = "auto"
     # seconds one stem may take before it is failed; 0 or null means no limit
-    timeout_per_file: Optional[float] = None
+    timeout_per_file: float | None = None
     # write a JSON report per failed stem into the job's output folder
     save_error_reports: bool = False
     # draw a progress bar on stderr when it is a terminal
@@ -113,7 +110,7 @@ class ExecutorConfig:
 class ParallelConfig(ExecutorConfig):
     _target_: str = "stemzip.executors.ProcessPoolStemExecutor"
     # multiprocessing start method: fork, spawn, forkserver; null is Python's
-    start_method: Optional[str] = None
+    start_method: str | None = None
 
 
 @dataclass
@@ -125,9 +122,7 @@ class SequentialConfig(ExecutorConfig):
 class StemzipConfig:
     # key of the composed config under which per-stem results are written
     basename: str = "zip_utilities"
-    file_management: FileManagementConfig = field(
-        default_factory=FileManagementConfig
-    )
+    file_management: FileManagementConfig = field(default_factory=FileManagementConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     default: DefaultConfig = field(default_factory=DefaultConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
@@ -225,7 +220,9 @@ def _output_folder(cfg: Any, base_dir: Path, fallback: Path) -> Path:
 def _archive_options(cfg: Any) -> ArchiveOptions:
     level = _lookup(cfg, "archive.compresslevel")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
-        raise ConfigError(f"archive.compresslevel must be a whole number, got {level!r}")
+        raise ConfigError(
+            f"archive.compresslevel must be a whole number, got {level!r}"
+        )
     options = ArchiveOptions(
         compression=str(_lookup(cfg, "archive.compression", "deflated")),
         engine=str(_lookup(cfg, "archive.engine", "auto")),
@@ -240,13 +237,11 @@ def _mapping(cfg: DictConfig | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(cfg, DictConfig):
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         assert isinstance(container, dict)
-        return container
+        return {str(key): value for key, value in container.items()}
     return cfg
 
 
-def load_settings(
-    cfg: DictConfig | Mapping[str, Any], base_dir: Path
-) -> RunSettings:
+def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSettings:
     """Check a composed config and turn it into :class:`RunSettings`.
 
     Relative folders are resolved against ``base_dir``. Raises
@@ -276,7 +271,9 @@ def load_settings(
         stem_directory=stem_directory,
         data_directory=data_directory,
         output_directory=_output_folder(values, base_dir, data_directory),
-        stem_extensions=_extensions(values, "file_management.filename.extension", ["yml"]),
+        stem_extensions=_extensions(
+            values, "file_management.filename.extension", ["yml"]
+        ),
         data_extensions=_extensions(values, "analysis.filename.extension", ["csv"]),
         contains=_string_list(values, "file_management.filename.filters.contains", []),
         not_contains=_string_list(

@@ -105,7 +105,9 @@ class StemExecutor(ABC):
             yield advance
 
 
-def run_in_process(jobs: Sequence[StemJob], report: Report, timeout: float | None) -> None:
+def run_in_process(
+    jobs: Sequence[StemJob], report: Report, timeout: float | None
+) -> None:
     """Run ``jobs`` one after another in this process."""
     for job in jobs:
         report(zip_stem(job, timeout))
@@ -201,7 +203,11 @@ class ProcessPoolStemExecutor(StemExecutor):
         start_method: str | None = None,
     ) -> None:
         super().__init__(
-            enabled, max_workers, timeout_per_file, save_error_reports, progress_reporting
+            enabled,
+            max_workers,
+            timeout_per_file,
+            save_error_reports,
+            progress_reporting,
         )
         self.enabled = _check_enabled(enabled)
         self.max_workers = _check_max_workers(max_workers)

@@ -51,7 +51,9 @@ def plan_run(settings: RunSettings) -> Plan:
     settled: list[StemResult] = []
     for stem, members in grouping.members.items():
         if not members:
-            log.warning("stem %r has no data files in %s", stem, settings.data_directory)
+            log.warning(
+                "stem %r has no data files in %s", stem, settings.data_directory
+            )
             settled.append(StemResult(stem=stem, status=Status.NO_FILES))
             continue
         job = StemJob(

@@ -46,7 +46,9 @@ def build_executor(node: Any = None) -> StemExecutor:
                 f"parallel_processing must be a group of settings, got {node!r}; "
                 "choose one with parallel_processing=parallel or =sequential"
             )
-        options = OmegaConf.merge(OmegaConf.create({"_target_": options._target_}), node)
+        options = OmegaConf.merge(
+            OmegaConf.create({"_target_": options._target_}), node
+        )
     executor = instantiate(options, _convert_="all")
     if not isinstance(executor, StemExecutor):
         raise ConfigError(
@@ -62,7 +64,8 @@ def _prepare_output(folder: Path) -> None:
     except OSError as exc:
         raise OutputDirectoryError(
             f"file_management.output_directory {str(folder)!r} cannot be created "
-            f"({exc.strerror}); set file_management.output_directory=<a writable folder>"
+            f"({exc.strerror}); set file_management.output_directory="
+            "<a writable folder>"
         ) from exc
 
 
@@ -119,7 +122,9 @@ def _store_results(
         cfg[key] = entries
 
 
-def run(cfg: DictConfig | MutableMapping[str, Any]) -> DictConfig | MutableMapping[str, Any]:
+def run(
+    cfg: DictConfig | MutableMapping[str, Any],
+) -> DictConfig | MutableMapping[str, Any]:
     """Task entry point: zip by stem as ``cfg`` says and record the results.
 
     Writes one entry per stem, sorted by stem, under ``cfg[cfg.basename]``
