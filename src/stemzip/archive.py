@@ -115,6 +115,13 @@ class ArchiveOptions:
             return None
         return _LEVELS[key][2] if self.compresslevel is None else self.compresslevel
 
+    def describe(self) -> str:
+        """The method, engine and level, for the log."""
+        if self.compression != "deflated":
+            level = self.level()
+            return self.compression + ("" if level is None else f" level {level}")
+        return f"deflated ({available_engine(self.engine)} level {self.level()})"
+
     def new_compressor(self) -> _Compressor | None:
         """A fresh compressor for one member, or None to let zipfile choose."""
         level = self.level()

@@ -78,12 +78,13 @@ def zip_by_stem(settings: RunSettings, executor: StemExecutor) -> list[StemResul
     """
     plan = plan_run(settings)
     log.info(
-        "zipping %d stems (%d to write) from %s with %s into %s",
+        "zipping %d stems (%d to write) from %s into %s, %s, %s",
         len(plan.stems),
         len(plan.jobs),
         settings.data_directory,
-        executor.describe(len(plan.jobs)),
         settings.output_directory,
+        executor.describe(len(plan.jobs)),
+        settings.archive.describe(),
     )
     if plan.jobs:
         _prepare_output(settings.output_directory)
