@@ -73,7 +73,7 @@ def test_overrides(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        pytest.param("parallel_processing=threads", "parallel_processing", id="group"),
+        pytest.param("parallel_processing=gpu", "parallel_processing", id="group"),
         pytest.param(
             "parallel_processing.timeout_per_file=soon",
             "timeout_per_file",

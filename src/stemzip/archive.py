@@ -170,7 +170,12 @@ def _open_member(
     return writer
 
 
-def _add_member(archive: zipfile.ZipFile, source: Path, options: ArchiveOptions) -> int:
+def _add_member(
+    archive: zipfile.ZipFile,
+    source: Path,
+    options: ArchiveOptions,
+    deadline: float | None,
+) -> int:
     before = source.stat()
     # strict_timestamps=False stores dates outside 1980..2107 as the nearest
     # date the format can hold, instead of refusing the file
@@ -179,6 +184,8 @@ def _add_member(archive: zipfile.ZipFile, source: Path, options: ArchiveOptions)
     with source.open("rb") as reader, _open_member(archive, info, options) as writer:
         while chunk := reader.read(_CHUNK):
             writer.write(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise StemTimeoutError("time limit reached")
     after = source.stat()
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
         info.file_size != before.st_size
@@ -196,13 +203,19 @@ def _temporary_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
 
 
-def write_archive(target: Path, files: Sequence[Path], options: ArchiveOptions) -> int:
+def write_archive(
+    target: Path,
+    files: Sequence[Path],
+    options: ArchiveOptions,
+    deadline: float | None = None,
+) -> int:
     """Write ``files`` into a new ZIP at ``target`` and return the bytes read.
 
     The archive is built under a hidden temporary name beside ``target`` and
     renamed over it only once complete, so ``target`` is never seen truncated
     and a previous archive survives any failure. Raises what reading or
-    writing raised, after removing the temporary file.
+    writing raised, after removing the temporary file; raises
+    :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
     """
     temporary = _temporary_path(target)
     bytes_in = 0
@@ -210,7 +223,7 @@ def write_archive(target: Path, files: Sequence[Path], options: ArchiveOptions) 
         with temporary.open("xb") as raw:
             with zipfile.ZipFile(raw, "w", allowZip64=True) as archive:
                 for source in files:
-                    bytes_in += _add_member(archive, source, options)
+                    bytes_in += _add_member(archive, source, options, deadline)
             if options.fsync:
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -227,26 +240,31 @@ def _raise_timeout(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float | None, stem: str) -> Iterator[None]:
+def _time_limit(seconds: float | None, stem: str) -> Iterator[float | None]:
+    """Yield the deadline for one stem's work, and enforce it where possible.
+
+    The work checks the deadline after every chunk. In the main thread an
+    alarm signal also interrupts a read that blocks; signals reach no other
+    thread, so there the check between chunks is the only one.
+    """
     if not seconds:
-        yield
+        yield None
         return
-    if threading.current_thread() is not threading.main_thread():
-        # signals reach only the main thread; elsewhere the limit cannot apply
-        log.warning("timeout_per_file not applied to %r outside the main thread", stem)
-        yield
-        return
-    previous = signal.signal(signal.SIGALRM, _raise_timeout)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    deadline = time.monotonic() + seconds
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        previous = signal.signal(signal.SIGALRM, _raise_timeout)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield deadline
     except StemTimeoutError:
         raise StemTimeoutError(
             f"stem {stem!r} took longer than timeout_per_file={seconds:g} s"
         ) from None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        if in_main:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
@@ -254,8 +272,9 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
     target = Path(job.archive_path)
     started = time.perf_counter()
     try:
-        with _time_limit(timeout, job.stem):
-            bytes_in = write_archive(target, [Path(f) for f in job.files], job.options)
+        with _time_limit(timeout, job.stem) as deadline:
+            sources = [Path(name) for name in job.files]
+            bytes_in = write_archive(target, sources, job.options, deadline)
         bytes_out = target.stat().st_size
     except Exception as exc:
         log.error("stem %r failed: %s", job.stem, exc)

@@ -114,6 +114,11 @@ class ParallelConfig(ExecutorConfig):
 
 
 @dataclass
+class ThreadsConfig(ExecutorConfig):
+    _target_: str = "stemzip.executors.ThreadPoolStemExecutor"
+
+
+@dataclass
 class SequentialConfig(ExecutorConfig):
     _target_: str = "stemzip.executors.SequentialStemExecutor"
 
@@ -126,7 +131,7 @@ class StemzipConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     default: DefaultConfig = field(default_factory=DefaultConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
-    # chosen through the defaults list: parallel or sequential
+    # chosen through the defaults list: parallel, threads or sequential
     parallel_processing: Any = MISSING
 
 
@@ -136,6 +141,7 @@ def register_configs() -> None:
     store.store(name="stemzip_base", node=StemzipConfig)
     store.store(group="parallel_processing", name="parallel", node=ParallelConfig)
     store.store(group="parallel_processing", name="sequential", node=SequentialConfig)
+    store.store(group="parallel_processing", name="threads", node=ThreadsConfig)
 
 
 @dataclass(frozen=True)

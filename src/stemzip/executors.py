@@ -15,8 +15,13 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import (
+    Executor,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    as_completed,
+)
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from tqdm import tqdm
@@ -184,12 +189,88 @@ class _Redispatch(logging.Handler):
             logger.handle(record)
 
 
-class ProcessPoolStemExecutor(StemExecutor):
-    """Runs stems in worker processes of a ``ProcessPoolExecutor``.
+class _PooledStemExecutor(StemExecutor):
+    """Runs batches of stems on a pool of workers that a subclass opens.
 
     A single stem, or ``enabled: false``, runs in this process. If the pool
     cannot start or breaks, the stems not yet done run in this process.
     """
+
+    def __init__(
+        self,
+        enabled: Any = True,
+        max_workers: Any = "auto",
+        timeout_per_file: float | None = None,
+        save_error_reports: bool = False,
+        progress_reporting: bool = False,
+    ) -> None:
+        super().__init__(
+            enabled,
+            max_workers,
+            timeout_per_file,
+            save_error_reports,
+            progress_reporting,
+        )
+        self.enabled = _check_enabled(enabled)
+        self.max_workers = _check_max_workers(max_workers)
+
+    def workers_for(self, jobs: int) -> int:
+        """Workers used for ``jobs`` stems."""
+        limit = cpu_count() if self.max_workers is None else self.max_workers
+        return max(1, min(limit, jobs))
+
+    def _pool_name(self, workers: int) -> str:
+        return f"{workers} workers"
+
+    def describe(self, jobs: int) -> str:
+        if not self.enabled or jobs <= 1:
+            return f"{self.name} (in this process)"
+        return f"{self.name} ({self._pool_name(self.workers_for(jobs))})"
+
+    @abstractmethod
+    def _open_pool(self, workers: int) -> AbstractContextManager[Executor]:
+        """A context that yields a started pool of ``workers`` and stops it."""
+
+    def _execute(self, jobs: Sequence[StemJob], report: Report) -> None:
+        if not self.enabled or len(jobs) <= 1:
+            run_in_process(jobs, report, self.timeout)
+            return
+        leftover = self._run_pool(jobs, report)
+        if leftover:
+            log.warning("running %d remaining stems in this process", len(leftover))
+            run_in_process(leftover, report, self.timeout)
+
+    def _run_pool(self, jobs: Sequence[StemJob], report: Report) -> list[StemJob]:
+        """Run ``jobs`` on a pool; return those it could not finish."""
+        workers = self.workers_for(len(jobs))
+        finished: set[str] = set()
+        failure: BaseException | None = None
+        try:
+            with self._open_pool(workers) as pool:
+                futures = [
+                    pool.submit(_zip_batch, batch, self.timeout)
+                    for batch in _batches(jobs, workers)
+                ]
+                for future in as_completed(futures):
+                    # a broken pool fails every unfinished future at once;
+                    # their stems are still owed a result, given by the caller
+                    if future.exception() is not None:
+                        failure = future.exception()
+                        continue
+                    for result in future.result():
+                        finished.add(result.stem)
+                        report(result)
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            log.warning(
+                "%s pool failed (%s: %s)", self.name, type(failure).__name__, failure
+            )
+        return [job for job in jobs if job.stem not in finished]
+
+
+class ProcessPoolStemExecutor(_PooledStemExecutor):
+    """Runs stems in the worker processes of a ``ProcessPoolExecutor``."""
 
     name = "parallel"
 
@@ -209,36 +290,15 @@ class ProcessPoolStemExecutor(StemExecutor):
             save_error_reports,
             progress_reporting,
         )
-        self.enabled = _check_enabled(enabled)
-        self.max_workers = _check_max_workers(max_workers)
         self.start_method = _check_start_method(start_method)
 
-    def workers_for(self, jobs: int) -> int:
-        """Worker processes used for ``jobs`` stems."""
-        limit = cpu_count() if self.max_workers is None else self.max_workers
-        return max(1, min(limit, jobs))
-
-    def describe(self, jobs: int) -> str:
-        if not self.enabled or jobs <= 1:
-            return "parallel (in this process)"
+    def _pool_name(self, workers: int) -> str:
         method = self.start_method or multiprocessing.get_start_method()
-        return f"parallel ({self.workers_for(jobs)} workers, {method})"
+        return f"{workers} worker processes, {method}"
 
-    def _execute(self, jobs: Sequence[StemJob], report: Report) -> None:
-        if not self.enabled or len(jobs) <= 1:
-            run_in_process(jobs, report, self.timeout)
-            return
-        leftover = self._run_pool(jobs, report)
-        if leftover:
-            log.warning("running %d remaining stems in this process", len(leftover))
-            run_in_process(leftover, report, self.timeout)
-
-    def _run_pool(self, jobs: Sequence[StemJob], report: Report) -> list[StemJob]:
-        """Run ``jobs`` on a pool; return those it could not finish."""
+    @contextmanager
+    def _open_pool(self, workers: int) -> Iterator[Executor]:
         context = multiprocessing.get_context(self.start_method)
-        workers = self.workers_for(len(jobs))
-        finished: set[str] = set()
-        failure: BaseException | None = None
         queue = context.Queue()
         listener = logging.handlers.QueueListener(queue, _Redispatch())
         listener.start()
@@ -249,24 +309,24 @@ class ProcessPoolStemExecutor(StemExecutor):
                 initializer=_start_worker,
                 initargs=(queue, logging.getLogger().getEffectiveLevel()),
             ) as pool:
-                futures: list[Future[list[StemResult]]] = [
-                    pool.submit(_zip_batch, batch, self.timeout)
-                    for batch in _batches(jobs, workers)
-                ]
-                for future in as_completed(futures):
-                    # a broken pool fails every unfinished future at once;
-                    # their stems are still owed a result, given by the caller
-                    if future.exception() is not None:
-                        failure = future.exception()
-                        continue
-                    for result in future.result():
-                        finished.add(result.stem)
-                        report(result)
-        except Exception as exc:
-            failure = exc
+                yield pool
         finally:
             listener.stop()
             queue.close()
-        if failure is not None:
-            log.warning("process pool failed (%s: %s)", type(failure).__name__, failure)
-        return [job for job in jobs if job.stem not in finished]
+
+
+class ThreadPoolStemExecutor(_PooledStemExecutor):
+    """Runs stems in the threads of a ``ThreadPoolExecutor`` in this process.
+
+    Worth it where compression releases the GIL (zlib, bzip2, lzma) and
+    process start-up would dominate; ``timeout_per_file`` is checked between
+    chunks only, since a thread cannot be interrupted.
+    """
+
+    name = "threads"
+
+    def _pool_name(self, workers: int) -> str:
+        return f"{workers} threads"
+
+    def _open_pool(self, workers: int) -> AbstractContextManager[Executor]:
+        return ThreadPoolExecutor(workers, thread_name_prefix="stemzip")
