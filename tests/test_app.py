@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,33 @@ def test_multirun_gives_one_results_file_per_job(example: Path) -> None:
     assert [r["status"] for r in first] == [r["status"] for r in second]
     saved = yaml.safe_load((example / "sweep" / "1" / "results.yaml").read_text())
     assert saved["parallel_processing"]["_target_"].endswith("ProcessPoolStemExecutor")
+
+
+def test_sweep_summary_tabulates_every_job(example: Path) -> None:
+    done = stemzip(
+        example,
+        "-m",
+        "parallel_processing=sequential,threads",
+        "parallel_processing.max_workers=1,2",
+        "hydra.sweep.dir=sweep",
+    )
+
+    assert done.returncode == 0, done.stderr
+    rows = (example / "sweep" / "summary.md").read_text().splitlines()[2:]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "parallel_processing=sequential parallel_processing.max_workers=1",
+        "parallel_processing=sequential parallel_processing.max_workers=2",
+        "parallel_processing=threads parallel_processing.max_workers=1",
+        "parallel_processing=threads parallel_processing.max_workers=2",
+    ]
+    data = example / "examples" / "runs" / "output"
+    archived = sum(p.stat().st_size for p in data.glob("FST2F_*.csv"))
+    for job in range(4):
+        stats = json.loads((example / "sweep" / str(job) / "stats.json").read_text())
+        assert stats["archives"] == 4
+        assert stats["failed"] == 0
+        assert stats["bytes_in"] == archived
+        assert stats["seconds"] > 0
 
 
 def test_help_names_the_groups(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,20 +34,35 @@ def _record(status: int) -> None:
     _outcome["status"] = max(_outcome["status"], status)
 
 
-def zip_job(cfg: DictConfig) -> None:
-    """One Hydra job: zip, save ``results.yaml``, and note the exit status."""
+def zip_job(cfg: DictConfig) -> dict[str, Any]:
+    """One Hydra job: zip, save ``results.yaml``, note the exit status.
+
+    Returns the job's figures (seconds, archives, failures, bytes), which the
+    sweep summary callback records.
+    """
+    started = time.perf_counter()
     try:
         run(cfg)
     except StemzipError as exc:
         log.error("%s", exc)
         _record(EXIT_BAD_CONFIG)
-        return
+        return {"error": str(exc), "seconds": time.perf_counter() - started}
 
     results_path = Path(HydraConfig.get().runtime.output_dir) / "results.yaml"
     results_path.write_text(OmegaConf.to_yaml(cfg))
     log.info("results saved to %s", results_path)
-    if any(entry.status == "failed" for entry in cfg[cfg.basename]):
+    entries = cfg[cfg.basename]
+    failed = sum(entry.status == "failed" for entry in entries)
+    if failed:
         _record(EXIT_FAILED_STEMS)
+    return {
+        "seconds": time.perf_counter() - started,
+        "stems": len(entries),
+        "archives": sum(entry.status == "zipped" for entry in entries),
+        "failed": failed,
+        "bytes_in": sum(entry.bytes_in for entry in entries),
+        "bytes_out": sum(entry.bytes_out for entry in entries),
+    }
 
 
 def _config_path() -> str:

@@ -1,0 +1,73 @@
+"""Hydra callbacks: a per-job record and one summary table per sweep.
+
+With ``SweepSummary`` configured (stemzip's configs do), each job writes
+``stats.json`` into its output folder, and a multirun ends by writing
+``summary.md`` into the sweep folder, so a sweep over executors and worker
+counts doubles as a benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "stats.json"
+SUMMARY_FILE = "summary.md"
+_COLUMNS = ("job", "overrides", "seconds", "archives", "failed", "MB in", "MB out")
+
+
+def _row(job: str, stats: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        job,
+        " ".join(stats.get("overrides", [])) or "(none)",
+        f"{stats.get('seconds', 0):.2f}",
+        str(stats.get("archives", 0)),
+        str(stats.get("failed", 0)),
+        f"{stats.get('bytes_in', 0) / 1e6:.1f}",
+        f"{stats.get('bytes_out', 0) / 1e6:.1f}",
+    )
+
+
+def summary_table(sweep_dir: Path) -> str:
+    """A Markdown table of the ``stats.json`` files of a sweep's jobs."""
+    rows = []
+    for stats_file in sorted(
+        sweep_dir.glob(f"*/{STATS_FILE}"), key=lambda p: (len(p.parent.name), p)
+    ):
+        rows.append(_row(stats_file.parent.name, json.loads(stats_file.read_text())))
+    lines = [
+        "| " + " | ".join(_COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class SweepSummary(Callback):
+    """Records each job's wall time, bytes and archives; tabulates a sweep."""
+
+    def on_job_end(
+        self, config: DictConfig, job_return: JobReturn, **kwargs: Any
+    ) -> None:
+        stats = job_return.return_value
+        if not isinstance(stats, dict):
+            return
+        output_dir = Path(config.hydra.runtime.output_dir)
+        stats = {"overrides": list(job_return.overrides or []), **stats}
+        (output_dir / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        table = summary_table(sweep_dir)
+        (sweep_dir / SUMMARY_FILE).write_text(table)
+        log.info("sweep summary, also in %s:\n%s", sweep_dir / SUMMARY_FILE, table)
