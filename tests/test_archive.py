@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -185,3 +186,29 @@ def test_zip_stem_time_limit(tmp_path: Path) -> None:
     assert result.status is Status.FAILED
     assert result.error is not None and "timeout_per_file=0.3" in result.error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run1_pipe.csv"]
+
+
+def test_memory_stays_flat_for_a_2_gib_member(tmp_path: Path) -> None:
+    source = tmp_path / "run1_big.csv"
+    with source.open("wb") as sparse:
+        sparse.truncate(2 << 30)  # holes: no disk used
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from stemzip.archive import ArchiveOptions, write_archive\n"
+        "write_archive(Path(sys.argv[2]), [Path(sys.argv[1])], ArchiveOptions())\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(source), str(tmp_path / "run1.zip")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+
+    peak_mib = int(done.stdout) / 1024  # ru_maxrss is in KiB on Linux
+    assert peak_mib < 150
+    with zipfile.ZipFile(tmp_path / "run1.zip") as archive:
+        assert archive.getinfo("run1_big.csv").file_size == 2 << 30
