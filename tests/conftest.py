@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +64,47 @@ def run_tree(tmp_path: Path) -> Callable[..., RunSettings]:
         return RunSettings(**values)  # type: ignore[arg-type]
 
     return build
+
+
+def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Dask scheduler with two worker processes, on loopback."""
+    from distributed import Client
+
+    folder = tmp_path_factory.mktemp("dask")
+    scheduler_file = folder / "scheduler.json"
+    dask = str(Path(sys.executable).with_name("dask"))
+    local = ["--host", "127.0.0.1", "--scheduler-file", str(scheduler_file)]
+    with (folder / "cluster.log").open("w") as log:
+        processes = [
+            subprocess.Popen(
+                [dask, "scheduler", "--port", "0", "--dashboard-address", ":0", *local],
+                stdout=log,
+                stderr=log,
+            )
+        ]
+        try:
+            _wait_for(scheduler_file.exists, "the Dask scheduler")
+            processes.append(
+                subprocess.Popen(
+                    [dask, "worker", "--nworkers", "2", "--nthreads", "1", *local],
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+            address = json.loads(scheduler_file.read_text())["address"]
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(2, timeout=60)
+            yield address
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(timeout=30)

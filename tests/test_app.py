@@ -194,4 +194,4 @@ def test_help_names_the_groups(tmp_path: Path) -> None:
     done = stemzip(tmp_path, "--help")
 
     assert done.returncode == 0
-    assert "parallel_processing: parallel, sequential, threads" in done.stdout
+    assert "parallel_processing: dask, parallel, sequential, threads" in done.stdout

@@ -28,6 +28,10 @@ ALL_OPTIONS = [
 ]
 
 
+def _named(paths: list[Path]) -> list[tuple[Path, str]]:
+    return [(path, path.name) for path in paths]
+
+
 @pytest.fixture
 def sources(tmp_path: Path) -> list[Path]:
     folder = tmp_path / "data"
@@ -46,7 +50,7 @@ def test_members_read_back_with_source_crcs(
 ) -> None:
     target = tmp_path / "run1.zip"
 
-    read = write_archive(target, sources, options)
+    read = write_archive(target, _named(sources), options)
 
     assert read == sum(path.stat().st_size for path in sources)
     assert archive_contents(target) == {path.name: crc_of(path) for path in sources}
@@ -65,7 +69,7 @@ def test_deflate_compresses_text(tmp_path: Path, sources: list[Path]) -> None:
     text = [path for path in sources if path.name == "run1_b.csv"]
     target = tmp_path / "run1.zip"
 
-    write_archive(target, text, ArchiveOptions())
+    write_archive(target, _named(text), ArchiveOptions())
 
     assert target.stat().st_size < text[0].stat().st_size / 2
 
@@ -77,7 +81,7 @@ def test_zlib_fallback_when_isal_is_missing(
     monkeypatch.setattr(archive_module, "isal_zlib", None)
     options = ArchiveOptions()
 
-    write_archive(tmp_path / "run1.zip", sources, options)
+    write_archive(tmp_path / "run1.zip", _named(sources), options)
 
     assert archive_module.available_engine() == "zlib"
     assert archive_contents(tmp_path / "run1.zip") == {
@@ -116,11 +120,13 @@ def test_failure_leaves_previous_archive_and_no_partial_file(
     tmp_path: Path, sources: list[Path]
 ) -> None:
     target = tmp_path / "run1.zip"
-    write_archive(target, sources[:1], ArchiveOptions())
+    write_archive(target, _named(sources[:1]), ArchiveOptions())
     before = target.read_bytes()
 
     with pytest.raises(FileNotFoundError):
-        write_archive(target, [*sources, tmp_path / "missing.csv"], ArchiveOptions())
+        write_archive(
+            target, _named([*sources, tmp_path / "missing.csv"]), ArchiveOptions()
+        )
 
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run1.zip"]
@@ -135,7 +141,7 @@ def test_source_read_differs_from_its_size(tmp_path: Path) -> None:
     target = tmp_path / "run1.zip"
 
     with pytest.raises(SourceChangedError, match="changed while it was being archived"):
-        write_archive(target, [source], ArchiveOptions())
+        write_archive(target, _named([source]), ArchiveOptions())
 
     assert list(tmp_path.iterdir()) == []
 
@@ -151,7 +157,7 @@ def test_dates_outside_zip_range_are_clamped_and_sources_untouched(
     os.utime(new, (4_500_000_000, 4_500_000_000))  # 2112
     stamps = {p: p.stat().st_mtime_ns for p in (old, new)}
 
-    write_archive(tmp_path / "run1.zip", [new, old], ArchiveOptions())
+    write_archive(tmp_path / "run1.zip", _named([new, old]), ArchiveOptions())
 
     with zipfile.ZipFile(tmp_path / "run1.zip") as archive:
         assert archive.getinfo("run1_old.csv").date_time[0] == 1980
@@ -196,7 +202,8 @@ def test_memory_stays_flat_for_a_2_gib_member(tmp_path: Path) -> None:
         "import resource, sys\n"
         "from pathlib import Path\n"
         "from stemzip.archive import ArchiveOptions, write_archive\n"
-        "write_archive(Path(sys.argv[2]), [Path(sys.argv[1])], ArchiveOptions())\n"
+        "source = Path(sys.argv[1])\n"
+        "write_archive(Path(sys.argv[2]), [(source, source.name)], ArchiveOptions())\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
 

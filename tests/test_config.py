@@ -126,7 +126,7 @@ def test_all_keys_read(tmp_path: Path) -> None:
     assert settings.output_directory == tmp_path / "zips"
     assert settings.stem_extensions == ("yaml",)
     assert settings.data_extensions == ("txt",)
-    assert settings.contains == ("LWL",)
+    assert settings.stem_filter.contains == ("LWL",)
     assert settings.overwrite is False
     assert settings.archive.compression == "bzip2"
     assert settings.archive.level() == 3

@@ -8,12 +8,14 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 from pytest_mock import MockerFixture
 
 from stemzip.archive import StemJob
+from stemzip.cluster import DaskStemExecutor
 from stemzip.executors import (
     ProcessPoolStemExecutor,
     SequentialStemExecutor,
@@ -26,29 +28,32 @@ from stemzip.results import Status
 from .conftest import archive_contents, crc_of
 
 EXECUTORS = [
-    pytest.param(lambda **kw: SequentialStemExecutor(**kw), id="sequential"),
-    pytest.param(
-        lambda **kw: ProcessPoolStemExecutor(max_workers=2, start_method="fork", **kw),
-        id="parallel-fork",
-    ),
-    pytest.param(
-        lambda **kw: ProcessPoolStemExecutor(max_workers=2, start_method="spawn", **kw),
-        id="parallel-spawn",
-    ),
-    pytest.param(
-        lambda **kw: ProcessPoolStemExecutor(
-            max_workers=2, start_method="forkserver", **kw
-        ),
-        id="parallel-forkserver",
-    ),
-    pytest.param(
-        lambda **kw: ProcessPoolStemExecutor(enabled=False, **kw), id="parallel-off"
-    ),
-    pytest.param(
-        lambda **kw: ThreadPoolStemExecutor(max_workers=2, **kw), id="threads"
-    ),
+    "sequential",
+    "parallel-fork",
+    "parallel-spawn",
+    "parallel-forkserver",
+    "parallel-off",
+    "threads",
+    "dask-scheduler",
 ]
 MakeExecutor = Callable[..., StemExecutor]
+
+
+@pytest.fixture(params=EXECUTORS)
+def make(request: pytest.FixtureRequest) -> MakeExecutor:
+    """A factory of one kind of executor, taking the shared settings."""
+    kind: str = request.param
+    if kind == "sequential":
+        return SequentialStemExecutor
+    if kind == "parallel-off":
+        return partial(ProcessPoolStemExecutor, enabled=False)
+    if kind.startswith("parallel-"):
+        method = kind.removeprefix("parallel-")
+        return partial(ProcessPoolStemExecutor, max_workers=2, start_method=method)
+    if kind == "threads":
+        return partial(ThreadPoolStemExecutor, max_workers=2)
+    address = request.getfixturevalue("dask_address")
+    return partial(DaskStemExecutor, address=address)
 
 
 def _jobs(folder: Path, stems: list[str], per_stem: int = 3) -> list[StemJob]:
@@ -69,7 +74,6 @@ def _jobs(folder: Path, stems: list[str], per_stem: int = 3) -> list[StemJob]:
     return jobs
 
 
-@pytest.mark.parametrize("make", EXECUTORS)
 class TestExecutorContract:
     def test_one_sorted_result_per_job_with_correct_archives(
         self, tmp_path: Path, make: MakeExecutor

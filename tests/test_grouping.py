@@ -8,10 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stemzip.grouping import (
+    NameFilter,
+    contenders,
     find_stems,
     group_by_stem,
     has_extension,
-    list_data_files,
+    list_files,
     owning_stem,
 )
 
@@ -84,13 +86,13 @@ def test_find_stems_strips_final_extension_and_filters(tmp_path: Path) -> None:
         (tmp_path / name).write_text("x")
 
     assert find_stems(tmp_path, ["yml"]) == ["case.1", "run_a", "run_b", "run_b_draft"]
-    assert find_stems(tmp_path, ["yml", "yaml"], contains=["run"]) == [
+    assert find_stems(tmp_path, ["yml", "yaml"], NameFilter(contains=("run",))) == [
         "run_a",
         "run_b",
         "run_b_draft",
     ]
     assert find_stems(
-        tmp_path, ["yml"], contains=["run", "_b"], not_contains=["draft"]
+        tmp_path, ["yml"], NameFilter(contains=("run", "_b"), not_contains=("draft",))
     ) == ["run_b"]
 
 
@@ -107,7 +109,74 @@ def test_listing_skips_folders_and_fifos(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "run1_pipe.csv")
     (tmp_path / "run1_link.csv").symlink_to(tmp_path / "run1_a.csv")
 
-    assert list_data_files(tmp_path, ["csv"]) == ["run1_a.csv", "run1_link.csv"]
+    assert list_files(tmp_path, ["csv"]) == ["run1_a.csv", "run1_link.csv"]
+
+
+@pytest.mark.parametrize(
+    ("name_filter", "expected"),
+    [
+        pytest.param(
+            NameFilter(), ["a_1.csv", "a_2.csv", "b_1.csv", "b_tmp.csv"], id="all"
+        ),
+        pytest.param(
+            NameFilter(contains=("_1",)), ["a_1.csv", "b_1.csv"], id="contains"
+        ),
+        pytest.param(
+            NameFilter(not_contains=("tmp", "a_")), ["b_1.csv"], id="not-contains"
+        ),
+        pytest.param(
+            NameFilter(include=("a_*",)), ["a_1.csv", "a_2.csv"], id="include"
+        ),
+        pytest.param(
+            NameFilter(include=("a_*", "*tmp*"), exclude=("*_2.*",)),
+            ["a_1.csv", "b_tmp.csv"],
+            id="include-exclude",
+        ),
+        pytest.param(NameFilter(include=("A_*",)), [], id="globs-case-sensitive"),
+        pytest.param(
+            NameFilter(include=("[ab]_1.csv",)), ["a_1.csv", "b_1.csv"], id="set"
+        ),
+    ],
+)
+def test_data_filters(
+    tmp_path: Path, name_filter: NameFilter, expected: list[str]
+) -> None:
+    for name in ["a_1.csv", "a_2.csv", "b_1.csv", "b_tmp.csv"]:
+        (tmp_path / name).write_text("x")
+
+    assert list_files(tmp_path, ["csv"], name_filter) == expected
+
+
+def test_recursive_listing_gives_relative_paths_and_skips_output(
+    tmp_path: Path,
+) -> None:
+    for name in [
+        "run1_a.csv",
+        "Jacket/run1_b.csv",
+        "Jacket/deep/run2_c.csv",
+        "zips/x.csv",
+    ]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "linked").symlink_to(tmp_path / "Jacket")
+
+    flat = list_files(tmp_path, ["csv"])
+    deep = list_files(tmp_path, ["csv"], recursive=True, skip=tmp_path / "zips")
+
+    assert flat == ["run1_a.csv"]
+    assert deep == ["Jacket/deep/run2_c.csv", "Jacket/run1_b.csv", "run1_a.csv"]
+    grouping = group_by_stem(["run1", "run2"], deep)
+    assert grouping.members == {
+        "run1": ["Jacket/run1_b.csv", "run1_a.csv"],
+        "run2": ["Jacket/deep/run2_c.csv"],
+    }
+
+
+def test_contenders_lists_every_fitting_stem_longest_first() -> None:
+    stems = frozenset({"run1", "run1_a", "run1_a_b", "run10"})
+
+    assert contenders("x/run1_a_b_c.csv", stems) == ["run1_a_b", "run1_a", "run1"]
+    assert contenders("run10_c.csv", stems) == ["run10"]
 
 
 _name_chars = st.sampled_from("ab1_-.")

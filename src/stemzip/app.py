@@ -34,6 +34,10 @@ def _record(status: int) -> None:
     _outcome["status"] = max(_outcome["status"], status)
 
 
+def _print_plan(text: str) -> None:
+    print(text, end="", flush=True)
+
+
 def zip_job(cfg: DictConfig) -> dict[str, Any]:
     """One Hydra job: zip, save ``results.yaml``, note the exit status.
 
@@ -42,7 +46,7 @@ def zip_job(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     try:
-        run(cfg)
+        run(cfg, show_plan=_print_plan)
     except StemzipError as exc:
         log.error("%s", exc)
         _record(EXIT_BAD_CONFIG)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -18,7 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from stemzip.errors import ConfigError, SourceChangedError, StemTimeoutError
+from stemzip.errors import (
+    ArchiveVerificationError,
+    ConfigError,
+    SourceChangedError,
+    StemTimeoutError,
+)
 from stemzip.results import Status, StemResult
 
 isal_zlib: Any
@@ -36,6 +42,7 @@ COMPRESSION_METHODS: dict[str, int] = {
     "lzma": zipfile.ZIP_LZMA,
 }
 DEFLATE_ENGINES = ("auto", "isal", "zlib")
+AFTER_ACTIONS = ("keep", "delete", "move")
 # accepted compresslevel range, and the level used when none is given
 _LEVELS: dict[str, tuple[int, int, int]] = {
     "isal": (0, 3, 3),
@@ -70,6 +77,12 @@ class ArchiveOptions:
     compresslevel: int | None = None
     # fsync each archive before renaming it into place
     fsync: bool = False
+    # read the archive back and check members and CRCs before renaming it
+    verify: bool = False
+    # what becomes of the sources once their archive is in place: AFTER_ACTIONS
+    after: str = "keep"
+    # folder the sources go to with after="move"
+    move_to: str | None = None
 
     def _level_key(self) -> str | None:
         if self.compression == "deflated":
@@ -88,6 +101,14 @@ class ArchiveOptions:
                 f"archive.engine {self.engine!r} is not one of "
                 f"{', '.join(DEFLATE_ENGINES)}"
             )
+        if self.after not in AFTER_ACTIONS:
+            raise ConfigError(
+                f"archive.after {self.after!r} is not one of {', '.join(AFTER_ACTIONS)}"
+            )
+        if self.after != "keep" and not self.verify:
+            raise ConfigError(f"archive.after={self.after} needs archive.verify=true")
+        if self.after == "move" and not self.move_to:
+            raise ConfigError("archive.after=move needs archive.move_to=<folder>")
         if self.engine == "isal" and isal_zlib is None:
             raise ConfigError(
                 "archive.engine is 'isal' but the isal package is not installed; "
@@ -142,10 +163,17 @@ class StemJob:
     """One archive to write: plain data, cheap to send to a worker."""
 
     stem: str
-    # absolute paths of the members, in archive order
+    # absolute paths of the sources, in archive order
     files: tuple[str, ...]
     archive_path: str
     options: ArchiveOptions = field(default_factory=ArchiveOptions)
+    # member names, relative with forward slashes; empty means the file names
+    arcnames: tuple[str, ...] = ()
+
+    def members(self) -> list[tuple[Path, str]]:
+        """Each source with the name it is stored under."""
+        names = self.arcnames or tuple(Path(f).name for f in self.files)
+        return [(Path(f), name) for f, name in zip(self.files, names, strict=True)]
 
     @property
     def size(self) -> int:
@@ -173,13 +201,14 @@ def _open_member(
 def _add_member(
     archive: zipfile.ZipFile,
     source: Path,
+    arcname: str,
     options: ArchiveOptions,
     deadline: float | None,
 ) -> int:
     before = source.stat()
     # strict_timestamps=False stores dates outside 1980..2107 as the nearest
     # date the format can hold, instead of refusing the file
-    info = zipfile.ZipInfo.from_file(source, source.name, strict_timestamps=False)
+    info = zipfile.ZipInfo.from_file(source, arcname, strict_timestamps=False)
     info.compress_type = COMPRESSION_METHODS[options.compression]
     with source.open("rb") as reader, _open_member(archive, info, options) as writer:
         while chunk := reader.read(_CHUNK):
@@ -203,36 +232,79 @@ def _temporary_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
 
 
+def verify_archive(path: Path, expected: dict[str, int]) -> None:
+    """Read ``path`` back and check it holds ``expected`` (name to size).
+
+    Every member is decompressed and its CRC checked. Raises
+    :class:`ArchiveVerificationError` on any difference.
+    """
+    with zipfile.ZipFile(path) as archive:
+        found = {info.filename: info.file_size for info in archive.infolist()}
+        if found != expected:
+            missing = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            raise ArchiveVerificationError(
+                f"{path.name} members differ from the plan: missing {missing}, "
+                f"unexpected {extra}, or sizes differ"
+            )
+        bad = archive.testzip()
+    if bad is not None:
+        raise ArchiveVerificationError(f"{path.name}: member {bad!r} fails its CRC")
+
+
 def write_archive(
     target: Path,
-    files: Sequence[Path],
+    members: Sequence[tuple[Path, str]],
     options: ArchiveOptions,
     deadline: float | None = None,
 ) -> int:
-    """Write ``files`` into a new ZIP at ``target`` and return the bytes read.
+    """Write ``members`` (source, name) into a new ZIP at ``target``.
 
-    The archive is built under a hidden temporary name beside ``target`` and
-    renamed over it only once complete, so ``target`` is never seen truncated
-    and a previous archive survives any failure. Raises what reading or
-    writing raised, after removing the temporary file; raises
+    Returns the bytes read. The archive is built under a hidden temporary name
+    beside ``target``, verified there when ``options.verify`` is set, and
+    renamed over ``target`` only once complete, so ``target`` is never seen
+    truncated and a previous archive survives any failure. Raises what reading,
+    writing or verifying raised, after removing the temporary file; raises
     :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
     """
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_path(target)
-    bytes_in = 0
+    sizes: dict[str, int] = {}
     try:
         with temporary.open("xb") as raw:
             with zipfile.ZipFile(raw, "w", allowZip64=True) as archive:
-                for source in files:
-                    bytes_in += _add_member(archive, source, options, deadline)
+                for source, name in members:
+                    sizes[name] = _add_member(archive, source, name, options, deadline)
             if options.fsync:
                 raw.flush()
                 os.fsync(raw.fileno())
+        if options.verify:
+            verify_archive(temporary, sizes)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
-    return bytes_in
+    return sum(sizes.values())
+
+
+def _dispose_sources(job: StemJob) -> None:
+    """Delete or move a stem's sources once its verified archive is in place."""
+    if job.options.after == "delete":
+        for source, _ in job.members():
+            source.unlink()
+        log.info("deleted %d sources of %r", len(job.files), job.stem)
+    elif job.options.after == "move":
+        assert job.options.move_to is not None
+        folder = Path(job.options.move_to)
+        targets = [(source, folder / name) for source, name in job.members()]
+        taken = [str(target) for _, target in targets if target.exists()]
+        if taken:
+            raise FileExistsError(f"not moving sources over existing files: {taken}")
+        for source, target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+        log.info("moved %d sources of %r to %s", len(targets), job.stem, folder)
 
 
 def _raise_timeout(signum: int, frame: Any) -> None:
@@ -267,24 +339,36 @@ def _time_limit(seconds: float | None, stem: str) -> Iterator[float | None]:
             signal.signal(signal.SIGALRM, previous)
 
 
+def _failure(job: StemJob, exc: BaseException, archive: Path | None) -> StemResult:
+    what = f"{type(exc).__name__}: {exc}"
+    if archive is not None:
+        verb = "deleted" if job.options.after == "delete" else "moved"
+        what = f"archive {archive} is complete, but not all sources were {verb}: {what}"
+    log.error("stem %r failed: %s", job.stem, what)
+    return StemResult(
+        stem=job.stem,
+        status=Status.FAILED,
+        zip_file_path=None if archive is None else str(archive),
+        files=job.files,
+        error=what,
+        traceback=traceback.format_exc(),
+    )
+
+
 def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
     """Archive one stem and report how it went; per-stem errors never escape."""
     target = Path(job.archive_path)
     started = time.perf_counter()
     try:
         with _time_limit(timeout, job.stem) as deadline:
-            sources = [Path(name) for name in job.files]
-            bytes_in = write_archive(target, sources, job.options, deadline)
+            bytes_in = write_archive(target, job.members(), job.options, deadline)
         bytes_out = target.stat().st_size
     except Exception as exc:
-        log.error("stem %r failed: %s", job.stem, exc)
-        return StemResult(
-            stem=job.stem,
-            status=Status.FAILED,
-            files=job.files,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(),
-        )
+        return _failure(job, exc, archive=None)
+    try:
+        _dispose_sources(job)
+    except OSError as exc:
+        return _failure(job, exc, archive=target)
 
     log.info(
         "wrote %s: %d members, %d bytes from %d in %.2f s",

@@ -10,16 +10,18 @@ touched.
 from __future__ import annotations
 
 import logging
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from stemzip.archive import ArchiveOptions
+from stemzip.archive import AFTER_ACTIONS, ArchiveOptions
 from stemzip.errors import ConfigError, InputDirectoryError, OutputDirectoryError
+from stemzip.grouping import NameFilter
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,17 @@ class NameFilters:
     contains: list[str] = field(default_factory=list)
     # drop names that contain any of these substrings
     not_contains: list[str] = field(default_factory=list)
+    # keep only names matching one of these glob patterns; empty keeps all
+    include: list[str] = field(default_factory=list)
+    # drop names matching any of these glob patterns
+    exclude: list[str] = field(default_factory=list)
 
 
 @dataclass
 class StemFilename:
     # extensions of the stem files, without the dot; "yml" selects "run1.yml"
     extension: list[str] = field(default_factory=lambda: ["yml"])
-    # substring filters applied to stem file names
+    # filters applied to stem file names
     filters: NameFilters = field(default_factory=NameFilters)
 
 
@@ -44,7 +50,7 @@ class StemFilename:
 class FileManagementConfig:
     # folder holding the stem files; relative to the folder stemzip started in
     input_directory: str = MISSING
-    # folder for <stem>.zip files, created if missing; null means the data folder
+    # folder for the archives, created if missing; null means the data folder
     output_directory: str | None = None
     filename: StemFilename = field(default_factory=StemFilename)
 
@@ -53,18 +59,22 @@ class FileManagementConfig:
 class DataFilename:
     # extensions of the data files to archive, without the dot
     extension: list[str] = field(default_factory=lambda: ["csv"])
+    # filters applied to data file paths, relative to the data folder
+    filters: NameFilters = field(default_factory=NameFilters)
 
 
 @dataclass
 class AnalysisConfig:
     # folder holding the data files; null means the stem folder
     input_directory: str | None = None
+    # also search subfolders; members keep their paths relative to the folder
+    recursive: bool = False
     filename: DataFilename = field(default_factory=DataFilename)
 
 
 @dataclass
 class OverwriteConfig:
-    # true replaces an existing <stem>.zip; false keeps it and skips the stem
+    # true replaces an existing archive; false keeps it and skips the stem
     output: bool = True
 
 
@@ -80,6 +90,8 @@ class DefaultConfig:
 
 @dataclass
 class ArchiveConfig:
+    # archive file name inside the output folder; {stem}, {date}, {time}
+    name: str = "{stem}.zip"
     # member compression: stored, deflated, bzip2 or lzma
     compression: str = "deflated"
     # DEFLATE engine: auto (ISA-L when installed, else zlib), isal or zlib
@@ -89,6 +101,13 @@ class ArchiveConfig:
     compresslevel: int | None = None
     # flush each archive to disk before it is renamed into place (slower)
     fsync: bool = False
+    # read each new archive back and check its members and CRCs
+    verify: bool = False
+    # what happens to the sources once their archive is verified:
+    # keep, delete or move
+    after: str = "keep"
+    # folder the sources are moved to with after=move
+    move_to: str | None = None
 
 
 @dataclass
@@ -124,24 +143,40 @@ class SequentialConfig(ExecutorConfig):
 
 
 @dataclass
+class DaskConfig(ExecutorConfig):
+    _target_: str = "stemzip.cluster.DaskStemExecutor"
+    # scheduler address, e.g. tcp://head-node:8786; null starts a local cluster
+    address: str | None = None
+
+
+@dataclass
 class StemzipConfig:
     # key of the composed config under which per-stem results are written
     basename: str = "zip_utilities"
+    # plan and print, write nothing
+    dry_run: bool = False
     file_management: FileManagementConfig = field(default_factory=FileManagementConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     default: DefaultConfig = field(default_factory=DefaultConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
-    # chosen through the defaults list: parallel, threads or sequential
+    # chosen through the defaults list: parallel, threads, sequential or dask
     parallel_processing: Any = MISSING
+
+
+EXECUTOR_OPTIONS = {
+    "parallel": ParallelConfig,
+    "threads": ThreadsConfig,
+    "sequential": SequentialConfig,
+    "dask": DaskConfig,
+}
 
 
 def register_configs() -> None:
     """Register the schema and the executor options in Hydra's ConfigStore."""
     store = ConfigStore.instance()
     store.store(name="stemzip_base", node=StemzipConfig)
-    store.store(group="parallel_processing", name="parallel", node=ParallelConfig)
-    store.store(group="parallel_processing", name="sequential", node=SequentialConfig)
-    store.store(group="parallel_processing", name="threads", node=ThreadsConfig)
+    for name, node in EXECUTOR_OPTIONS.items():
+        store.store(group="parallel_processing", name=name, node=node)
 
 
 @dataclass(frozen=True)
@@ -154,10 +189,14 @@ class RunSettings:
     output_directory: Path
     stem_extensions: tuple[str, ...]
     data_extensions: tuple[str, ...]
-    contains: tuple[str, ...] = ()
-    not_contains: tuple[str, ...] = ()
+    stem_filter: NameFilter = field(default_factory=NameFilter)
+    data_filter: NameFilter = field(default_factory=NameFilter)
+    recursive: bool = False
     overwrite: bool = True
+    # archive file name, relative to the output folder, with {stem} and more
+    archive_name: str = "{stem}.zip"
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
+    dry_run: bool = False
 
 
 def _lookup(cfg: Any, key: str, default: Any = None) -> Any:
@@ -170,7 +209,14 @@ def _lookup(cfg: Any, key: str, default: Any = None) -> Any:
     return default if node is None or node == MISSING else node
 
 
-def _string_list(cfg: Any, key: str, default: Sequence[str]) -> tuple[str, ...]:
+def _flag(cfg: Any, key: str, default: bool) -> bool:
+    value = _lookup(cfg, key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _string_list(cfg: Any, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
     value = _lookup(cfg, key, default)
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise ConfigError(
@@ -187,6 +233,15 @@ def _extensions(cfg: Any, key: str, default: Sequence[str]) -> tuple[str, ...]:
     if not values or not all(values):
         raise ConfigError(f"{key} must name at least one extension, got {values!r}")
     return values
+
+
+def _name_filter(cfg: Any, key: str) -> NameFilter:
+    return NameFilter(
+        contains=_string_list(cfg, f"{key}.contains"),
+        not_contains=_string_list(cfg, f"{key}.not_contains"),
+        include=_string_list(cfg, f"{key}.include"),
+        exclude=_string_list(cfg, f"{key}.exclude"),
+    )
 
 
 def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> Path:
@@ -211,10 +266,13 @@ def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> 
     return folder
 
 
-def _output_folder(cfg: Any, base_dir: Path, fallback: Path) -> Path:
-    key = "file_management.output_directory"
+def _output_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> Path:
     value = _lookup(cfg, key)
-    folder = fallback if value is None else (base_dir / str(value)).resolve()
+    if value is None:
+        if fallback is None:
+            raise ConfigError(f"{key} is not set; give the folder, e.g. {key}=moved")
+        return fallback
+    folder = (base_dir / str(value)).resolve()
     if folder.exists() and not folder.is_dir():
         raise OutputDirectoryError(
             f"{key} {str(value)!r} is a file, not a folder (resolved to {folder}); "
@@ -223,17 +281,55 @@ def _output_folder(cfg: Any, base_dir: Path, fallback: Path) -> Path:
     return folder
 
 
-def _archive_options(cfg: Any) -> ArchiveOptions:
+_NAME_FIELDS = {"stem", "date", "time"}
+
+
+def _archive_name(cfg: Any) -> str:
+    key = "archive.name"
+    template = str(_lookup(cfg, key, "{stem}.zip"))
+    try:
+        fields = {
+            f for _, f, _, _ in string.Formatter().parse(template) if f is not None
+        }
+    except ValueError as exc:
+        raise ConfigError(f"{key} {template!r} is not a valid template: {exc}") from exc
+    if not fields <= _NAME_FIELDS or "stem" not in fields:
+        raise ConfigError(
+            f"{key} {template!r} must contain {{stem}} and may use only "
+            f"{{stem}}, {{date}} and {{time}}; e.g. {key}='{{stem}}_{{date}}.zip'"
+        )
+    sample = PurePosixPath(template.format(stem="s", date="d", time="t"))
+    if sample.is_absolute() or ".." in sample.parts or "\\" in template:
+        raise ConfigError(
+            f"{key} {template!r} must stay inside the output folder: no absolute "
+            "path, no '..', forward slashes only"
+        )
+    return template
+
+
+def _archive_options(cfg: Any, base_dir: Path) -> ArchiveOptions:
     level = _lookup(cfg, "archive.compresslevel")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
         raise ConfigError(
             f"archive.compresslevel must be a whole number, got {level!r}"
         )
+    after = str(_lookup(cfg, "archive.after", "keep"))
+    if after not in AFTER_ACTIONS:
+        raise ConfigError(
+            f"archive.after {after!r} is not one of {', '.join(AFTER_ACTIONS)}; "
+            "set archive.after=keep"
+        )
+    move_to = None
+    if after == "move":
+        move_to = str(_output_folder(cfg, "archive.move_to", base_dir, None))
     options = ArchiveOptions(
         compression=str(_lookup(cfg, "archive.compression", "deflated")),
         engine=str(_lookup(cfg, "archive.engine", "auto")),
         compresslevel=level,
-        fsync=bool(_lookup(cfg, "archive.fsync", False)),
+        fsync=_flag(cfg, "archive.fsync", False),
+        verify=_flag(cfg, "archive.verify", False) or after != "keep",
+        after=after,
+        move_to=move_to,
     )
     options.check()
     return options
@@ -266,27 +362,26 @@ def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSet
     data_directory = _input_folder(
         values, "analysis.input_directory", base_dir, stem_directory
     )
-    overwrite = _lookup(values, "default.config.overwrite.output", True)
-    if not isinstance(overwrite, bool):
-        raise ConfigError(
-            f"default.config.overwrite.output must be true or false, got {overwrite!r}"
-        )
+    output_directory = _output_folder(
+        values, "file_management.output_directory", base_dir, data_directory
+    )
 
     return RunSettings(
         basename=basename,
         stem_directory=stem_directory,
         data_directory=data_directory,
-        output_directory=_output_folder(values, base_dir, data_directory),
+        output_directory=output_directory,
         stem_extensions=_extensions(
             values, "file_management.filename.extension", ["yml"]
         ),
         data_extensions=_extensions(values, "analysis.filename.extension", ["csv"]),
-        contains=_string_list(values, "file_management.filename.filters.contains", []),
-        not_contains=_string_list(
-            values, "file_management.filename.filters.not_contains", []
-        ),
-        overwrite=overwrite,
-        archive=_archive_options(values),
+        stem_filter=_name_filter(values, "file_management.filename.filters"),
+        data_filter=_name_filter(values, "analysis.filename.filters"),
+        recursive=_flag(values, "analysis.recursive", False),
+        overwrite=_flag(values, "default.config.overwrite.output", True),
+        archive_name=_archive_name(values),
+        archive=_archive_options(values, base_dir),
+        dry_run=_flag(values, "dry_run", False),
     )
 
 

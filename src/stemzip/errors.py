@@ -29,3 +29,7 @@ class StemTimeoutError(StemzipError, TimeoutError):
 
 class SourceChangedError(StemzipError, OSError):
     """Raised when a data file's size or date changes while it is archived."""
+
+
+class ArchiveVerificationError(StemzipError, OSError):
+    """Raised when an archive read back differs from what was written."""

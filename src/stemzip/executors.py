@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
     Executor,
+    Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
     as_completed,
@@ -176,7 +177,13 @@ def _start_worker(queue: Any, level: int) -> None:
     root.setLevel(level)
 
 
-def _zip_batch(batch: list[StemJob], timeout: float | None) -> list[StemResult]:
+def _zip_batch(
+    batch: list[StemJob], timeout: float | None, log_level: int | None = None
+) -> list[StemResult]:
+    if log_level is not None:
+        # a worker that nobody configured drops INFO lines before any
+        # handler, or any forwarding, can see them
+        logging.getLogger("stemzip").setLevel(log_level)
     return [zip_stem(job, timeout) for job in batch]
 
 
@@ -231,6 +238,9 @@ class _PooledStemExecutor(StemExecutor):
     def _open_pool(self, workers: int) -> AbstractContextManager[Executor]:
         """A context that yields a started pool of ``workers`` and stops it."""
 
+    def _submit(self, pool: Executor, batch: list[StemJob]) -> Future[list[StemResult]]:
+        return pool.submit(_zip_batch, batch, self.timeout)
+
     def _execute(self, jobs: Sequence[StemJob], report: Report) -> None:
         if not self.enabled or len(jobs) <= 1:
             run_in_process(jobs, report, self.timeout)
@@ -248,8 +258,7 @@ class _PooledStemExecutor(StemExecutor):
         try:
             with self._open_pool(workers) as pool:
                 futures = [
-                    pool.submit(_zip_batch, batch, self.timeout)
-                    for batch in _batches(jobs, workers)
+                    self._submit(pool, batch) for batch in _batches(jobs, workers)
                 ]
                 for future in as_completed(futures):
                     # a broken pool fails every unfinished future at once;

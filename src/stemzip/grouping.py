@@ -1,6 +1,6 @@
 """Finding stems and the data files that belong to each of them.
 
-A data file belongs to stem ``S`` when its name is ``S`` followed by a
+A data file belongs to stem ``S`` when its file name is ``S`` followed by a
 character that is not a letter or digit (``_``, ``-``, ``.``, a space, ...)
 and anything after it. When several stems fit, the longest wins, so ``run1``
 never takes ``run10_forces.csv``. Names are compared literally.
@@ -8,9 +8,10 @@ never takes ``run10_forces.csv``. Names are compared literally.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,75 +27,125 @@ def has_extension(name: str, extensions: Sequence[str]) -> bool:
     )
 
 
-def _regular_file_names(directory: Path, extensions: Sequence[str]) -> list[str]:
-    names = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            # is_file() is false for folders, FIFOs, sockets and devices, which
-            # are never opened; links to regular files count as files
-            if has_extension(entry.name, extensions) and entry.is_file():
-                names.append(entry.name)
-    return sorted(names)
+@dataclass(frozen=True)
+class NameFilter:
+    """Which names to keep, by substrings and by glob patterns."""
+
+    # keep names that contain every one of these
+    contains: tuple[str, ...] = ()
+    # drop names that contain any of these
+    not_contains: tuple[str, ...] = ()
+    # keep names that match one of these glob patterns; none keeps all
+    include: tuple[str, ...] = ()
+    # drop names that match any of these glob patterns
+    exclude: tuple[str, ...] = ()
+
+    def keeps(self, name: str) -> bool:
+        """Whether ``name`` passes every rule (globs are case-sensitive)."""
+        return (
+            all(part in name for part in self.contains)
+            and not any(part in name for part in self.not_contains)
+            and (
+                not self.include
+                or any(fnmatch.fnmatchcase(name, p) for p in self.include)
+            )
+            and not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+        )
+
+
+def _walk(directory: Path, recursive: bool, skip: Path | None) -> Iterator[str]:
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(directory / relative) as entries:
+            for entry in entries:
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                # is_file() is false for folders, FIFOs, sockets and devices,
+                # which are never opened; links to regular files count as files
+                if entry.is_file():
+                    yield name
+                elif (
+                    recursive
+                    and entry.is_dir(follow_symlinks=False)
+                    and (skip is None or Path(entry.path) != skip)
+                ):
+                    pending.append(name)
+
+
+def list_files(
+    directory: Path,
+    extensions: Sequence[str],
+    name_filter: NameFilter = NameFilter(),
+    recursive: bool = False,
+    skip: Path | None = None,
+) -> list[str]:
+    """Regular files under ``directory`` with a selected extension, sorted.
+
+    Names are relative to ``directory``, with forward slashes. A recursive
+    search follows no linked folder and never enters ``skip`` (the output
+    folder, when it lies inside).
+    """
+    return sorted(
+        name
+        for name in _walk(directory, recursive, skip)
+        if has_extension(name, extensions) and name_filter.keeps(name)
+    )
 
 
 def find_stems(
     directory: Path,
     extensions: Sequence[str],
-    contains: Sequence[str] = (),
-    not_contains: Sequence[str] = (),
+    name_filter: NameFilter = NameFilter(),
 ) -> list[str]:
     """Stems of the stem files in ``directory``, sorted and without repeats.
 
     A stem is a file name without its final extension (``case.1.yml`` gives
-    ``case.1``). A name is kept when it contains every string of ``contains``
-    and none of ``not_contains``.
+    ``case.1``).
     """
-    stems = set()
-    for name in _regular_file_names(directory, extensions):
-        if all(part in name for part in contains) and not any(
-            part in name for part in not_contains
-        ):
-            stems.add(name.rpartition(".")[0])
-    return sorted(stems)
+    names = list_files(directory, extensions, name_filter)
+    return sorted({name.rpartition(".")[0] for name in names})
 
 
-def list_data_files(directory: Path, extensions: Sequence[str]) -> list[str]:
-    """Names of the regular files in ``directory`` with a selected extension."""
-    return _regular_file_names(directory, extensions)
-
-
-def owning_stem(name: str, stems: set[str] | frozenset[str]) -> str | None:
-    """The longest stem that ``name`` belongs to, or None."""
-    # each boundary is a non-alphanumeric character; the prefix before the
-    # last one that names a stem is the longest match
+def _fitting(name: str, stems: frozenset[str]) -> Iterator[str]:
+    # each boundary is a non-alphanumeric character; prefixes are tried from
+    # the longest down, so the first one found is the longest match
     for end in range(len(name) - 1, 0, -1):
         if not name[end].isalnum() and name[:end] in stems:
-            return name[:end]
-    return None
+            yield name[:end]
+
+
+def owning_stem(path: str, stems: frozenset[str]) -> str | None:
+    """The longest stem that the file name at the end of ``path`` belongs to."""
+    return next(_fitting(path.rpartition("/")[2], stems), None)
+
+
+def contenders(path: str, stems: frozenset[str]) -> list[str]:
+    """Every stem the file could belong to, longest first."""
+    return list(_fitting(path.rpartition("/")[2], stems))
 
 
 @dataclass(frozen=True)
 class Grouping:
     """Data files by stem, and the names that matched no stem."""
 
-    # every stem, in sorted order, with its members sorted by name
+    # every stem, in sorted order, with its members sorted by path
     members: dict[str, list[str]]
     unmatched: list[str]
 
 
-def group_by_stem(stems: Iterable[str], names: Iterable[str]) -> Grouping:
-    """Assign each data file name to its longest matching stem.
+def group_by_stem(stems: Iterable[str], paths: Iterable[str]) -> Grouping:
+    """Assign each data file to its longest matching stem.
 
-    One pass over ``names`` with a set look-up per separator, so the work
+    One pass over ``paths`` with a set look-up per separator, so the work
     grows with the number of files, not with stems times files.
     """
     stem_set = frozenset(stems)
     members: dict[str, list[str]] = {stem: [] for stem in sorted(stem_set)}
     unmatched = []
-    for name in sorted(names):
-        stem = owning_stem(name, stem_set)
+    for path in sorted(paths):
+        stem = owning_stem(path, stem_set)
         if stem is None:
-            unmatched.append(name)
+            unmatched.append(path)
         else:
-            members[stem].append(name)
+            members[stem].append(path)
     return Grouping(members=members, unmatched=unmatched)

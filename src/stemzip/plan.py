@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stemzip.archive import StemJob
 from stemzip.config import RunSettings
-from stemzip.grouping import find_stems, group_by_stem, list_data_files
+from stemzip.grouping import contenders, find_stems, group_by_stem, list_files
 from stemzip.results import Status, StemResult
 
 log = logging.getLogger(__name__)
@@ -25,27 +27,45 @@ class Plan:
     settled: list[StemResult]
     # data files that belong to no stem; left alone
     unmatched: list[str]
+    # data files that more than one stem could claim, with every such stem,
+    # longest (the one that takes the file) first
+    contested: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _settle_existing(job: StemJob) -> StemResult:
-    return StemResult(
-        stem=job.stem, status=Status.SKIPPED, zip_file_path=job.archive_path
+def archive_path(settings: RunSettings, stem: str, started: time.struct_time) -> Path:
+    """Where ``stem``'s archive goes, from the ``archive.name`` template."""
+    name = settings.archive_name.format(
+        stem=stem,
+        date=time.strftime("%Y%m%d", started),
+        time=time.strftime("%H%M%S", started),
     )
+    return settings.output_directory / name
 
 
-def plan_run(settings: RunSettings) -> Plan:
+def _output_inside_data(settings: RunSettings) -> Path | None:
+    output = settings.output_directory
+    return output if output.is_relative_to(settings.data_directory) else None
+
+
+def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     """Group the data files by stem and decide what each stem needs.
 
-    Lists the stem folder and the data folder once each; reads no file.
+    The stems come from the stem folder unless ``stems`` names them. Lists
+    the stem folder and the data folder once each; reads no file.
     """
-    stems = find_stems(
-        settings.stem_directory,
-        settings.stem_extensions,
-        settings.contains,
-        settings.not_contains,
+    if stems is None:
+        stems = find_stems(
+            settings.stem_directory, settings.stem_extensions, settings.stem_filter
+        )
+    paths = list_files(
+        settings.data_directory,
+        settings.data_extensions,
+        settings.data_filter,
+        recursive=settings.recursive,
+        skip=_output_inside_data(settings),
     )
-    names = list_data_files(settings.data_directory, settings.data_extensions)
-    grouping = group_by_stem(stems, names)
+    grouping = group_by_stem(stems, paths)
+    started = time.localtime()
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
@@ -56,17 +76,22 @@ def plan_run(settings: RunSettings) -> Plan:
             )
             settled.append(StemResult(stem=stem, status=Status.NO_FILES))
             continue
-        job = StemJob(
-            stem=stem,
-            files=tuple(str(settings.data_directory / name) for name in members),
-            archive_path=str(Path(settings.output_directory) / f"{stem}.zip"),
-            options=settings.archive,
-        )
-        if not settings.overwrite and Path(job.archive_path).exists():
-            log.info("kept existing %s (overwrite is off)", job.archive_path)
-            settled.append(_settle_existing(job))
+        target = archive_path(settings, stem, started)
+        if not settings.overwrite and target.exists():
+            log.info("kept existing %s (overwrite is off)", target)
+            settled.append(
+                StemResult(stem=stem, status=Status.SKIPPED, zip_file_path=str(target))
+            )
             continue
-        jobs.append(job)
+        jobs.append(
+            StemJob(
+                stem=stem,
+                files=tuple(str(settings.data_directory / path) for path in members),
+                archive_path=str(target),
+                options=settings.archive,
+                arcnames=tuple(members) if settings.recursive else (),
+            )
+        )
 
     if grouping.unmatched:
         log.warning(
@@ -74,4 +99,40 @@ def plan_run(settings: RunSettings) -> Plan:
             len(grouping.unmatched),
             grouping.unmatched[0],
         )
-    return Plan(stems=stems, jobs=jobs, settled=settled, unmatched=grouping.unmatched)
+    contested = {}
+    if settings.dry_run:
+        stem_set = frozenset(grouping.members)
+        for members in grouping.members.values():
+            for path in members:
+                if len(claims := contenders(path, stem_set)) > 1:
+                    contested[path] = claims
+    return Plan(
+        stems=sorted(grouping.members),
+        jobs=jobs,
+        settled=settled,
+        unmatched=grouping.unmatched,
+        contested=contested,
+    )
+
+
+def describe_plan(plan: Plan) -> str:
+    """The plan as text for a person: one block per stem, then the leftovers."""
+    lines = []
+    actions = {job.stem: ("zip", job.archive_path, job.members()) for job in plan.jobs}
+    for result in plan.settled:
+        action = (
+            "skip (archive kept)" if result.status is Status.SKIPPED else "no files"
+        )
+        actions[result.stem] = (action, result.zip_file_path or "-", [])
+    for stem in sorted(actions):
+        action, target, members = actions[stem]
+        lines.append(f"{stem}: {action} -> {target}")
+        lines.extend(f"    {name}" for _, name in members)
+    lines.append(f"{len(plan.unmatched)} files match no stem:")
+    lines.extend(f"    {path}" for path in plan.unmatched)
+    lines.append(f"{len(plan.contested)} files more than one stem could claim:")
+    lines.extend(
+        f"    {path}: {', '.join(claims)} (goes to {claims[0]})"
+        for path, claims in sorted(plan.contested.items())
+    )
+    return "\n".join(lines) + "\n"

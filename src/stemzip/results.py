@@ -16,6 +16,8 @@ class Status(str, enum.Enum):
     SKIPPED = "skipped"
     NO_FILES = "no_files"
     FAILED = "failed"
+    # dry run only: would be zipped
+    PLANNED = "planned"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from stemzip.config import ParallelConfig, RunSettings, load_settings
 from stemzip.errors import ConfigError, OutputDirectoryError
 from stemzip.executors import StemExecutor
-from stemzip.plan import plan_run
+from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status, StemResult, summarise
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,26 @@ def _prepare_output(folder: Path) -> None:
         ) from exc
 
 
-def zip_by_stem(settings: RunSettings, executor: StemExecutor) -> list[StemResult]:
+def _log_plan(text: str) -> None:
+    log.info("dry run, nothing written; the plan:\n%s", text)
+
+
+def zip_by_stem(
+    settings: RunSettings,
+    executor: StemExecutor,
+    stems: Sequence[str] | None = None,
+    show_plan: Callable[[str], None] | None = None,
+) -> list[StemResult]:
     """Group the data files by stem and write one archive per stem.
 
-    Returns one result per stem, sorted by stem; failed stems are included.
-    Raises :class:`~stemzip.errors.OutputDirectoryError` when the output
-    folder cannot be created, before any archive is written.
+    Stems come from the stem folder unless ``stems`` names them. Returns one
+    result per stem, sorted by stem; failed stems are included. In a dry run
+    nothing is written: the plan goes to ``show_plan`` (the log by default)
+    and the stems to be zipped are reported as planned. Raises
+    :class:`~stemzip.errors.OutputDirectoryError` when the output folder
+    cannot be created, before any archive is written.
     """
-    plan = plan_run(settings)
+    plan = plan_run(settings, stems)
     log.info(
         "zipping %d stems (%d to write) from %s into %s, %s, %s",
         len(plan.stems),
@@ -86,6 +98,13 @@ def zip_by_stem(settings: RunSettings, executor: StemExecutor) -> list[StemResul
         executor.describe(len(plan.jobs)),
         settings.archive.describe(),
     )
+    if settings.dry_run:
+        (show_plan or _log_plan)(describe_plan(plan))
+        planned = [
+            StemResult(job.stem, Status.PLANNED, job.archive_path, job.files)
+            for job in plan.jobs
+        ]
+        return sorted(planned + plan.settled, key=lambda result: result.stem)
     if plan.jobs:
         _prepare_output(settings.output_directory)
 
@@ -125,19 +144,21 @@ def _store_results(
 
 def run(
     cfg: DictConfig | MutableMapping[str, Any],
+    show_plan: Callable[[str], None] | None = None,
 ) -> DictConfig | MutableMapping[str, Any]:
     """Task entry point: zip by stem as ``cfg`` says and record the results.
 
     Writes one entry per stem, sorted by stem, under ``cfg[cfg.basename]``
     and returns ``cfg``. Configuration errors are raised before any file is
-    touched; a stem's failure is recorded in its entry, not raised.
+    touched; a stem's failure is recorded in its entry, not raised. A dry
+    run's plan goes to ``show_plan``, or to the log.
     """
     started = time.perf_counter()
     settings = load_settings(cfg, base_directory())
     parallel = cfg.get("parallel_processing")
     executor = build_executor(parallel)
 
-    results = zip_by_stem(settings, executor)
+    results = zip_by_stem(settings, executor, show_plan=show_plan)
     if executor.save_error_reports:
         for path in write_error_reports(results, _report_folder(settings)):
             log.info("error report written to %s", path)

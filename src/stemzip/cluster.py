@@ -1,0 +1,99 @@
+"""Running stems on a Dask cluster (``parallel_processing=dask``).
+
+Needs the ``dask`` extra (``pip install 'stemzip[dask]'``). With an
+``address`` the stems go to an existing scheduler, such as one started with
+``dask scheduler`` or by dask-jobqueue on SLURM or PBS; every worker must see
+the data and output folders at the same paths. Without one, a local cluster
+of worker processes is started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
+from typing import Any
+
+from stemzip.archive import StemJob
+from stemzip.errors import ConfigError
+from stemzip.executors import _PooledStemExecutor, _zip_batch
+from stemzip.results import StemResult
+
+log = logging.getLogger(__name__)
+
+# seconds to wait for a scheduler to answer before giving up
+_CONNECT_TIMEOUT = 30
+
+
+class DaskStemExecutor(_PooledStemExecutor):
+    """Runs batches of stems as tasks on a ``dask.distributed`` cluster.
+
+    Tasks run in worker threads, so ``timeout_per_file`` is checked between
+    chunks. Lines the workers log under ``stemzip`` are forwarded to this
+    process's log. Stems whose tasks the cluster could not finish (a worker
+    lost too often, say) run in this process.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        enabled: Any = True,
+        max_workers: Any = "auto",
+        timeout_per_file: float | None = None,
+        save_error_reports: bool = False,
+        progress_reporting: bool = False,
+        address: str | None = None,
+    ) -> None:
+        super().__init__(
+            enabled,
+            max_workers,
+            timeout_per_file,
+            save_error_reports,
+            progress_reporting,
+        )
+        try:
+            import distributed  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "parallel_processing=dask needs dask.distributed; install it with "
+                "pip install 'stemzip[dask]'"
+            ) from exc
+        self.address = address
+
+    def _pool_name(self, workers: int) -> str:
+        if self.address:
+            return f"scheduler {self.address}"
+        return f"local cluster of {workers} worker processes"
+
+    @contextmanager
+    def _open_pool(self, workers: int) -> Iterator[Executor]:
+        from distributed import Client, LocalCluster
+
+        if self.address:
+            with Client(self.address, timeout=_CONNECT_TIMEOUT) as client:
+                yield self._executor(client)
+            return
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                host="127.0.0.1",
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield self._executor(client)
+
+    def _submit(self, pool: Executor, batch: list[StemJob]) -> Future[list[StemResult]]:
+        level = logging.getLogger("stemzip").getEffectiveLevel()
+        return pool.submit(_zip_batch, batch, self.timeout, level)
+
+    @staticmethod
+    def _executor(client: Any) -> Executor:
+        client.forward_logging("stemzip")
+        # pure=False: the same batch submitted twice is two pieces of work
+        executor: Executor = client.get_executor(pure=False)
+        return executor
