@@ -19,6 +19,7 @@ import json
 import operator
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -128,12 +129,16 @@ def _archive_totals(out: Path) -> tuple[int, int]:
 def measure(
     name: str, tool: Tool, root: Path, work: Path, set_name: str, repeat: int
 ) -> Measurement:
-    """Run ``tool`` on ``root`` ``repeat`` times; stop at the first failure."""
+    """Run ``tool`` on ``root`` ``repeat`` times; stop at the first failure.
+
+    The last run's archives stay in ``work/out/<set>/<tool>`` and its scratch
+    folder (stemzip's Hydra log and results.yaml) in ``work/scratch/...``.
+    """
     result = Measurement(set_name, name)
-    slug = name.split()[0].lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     out = work / "out" / set_name / slug
     for _ in range(repeat):
-        scratch = _empty(work / "scratch" / slug)
+        scratch = _empty(work / "scratch" / set_name / slug)
         _empty(out)
         started = time.perf_counter()
         try:
@@ -310,6 +315,52 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
+def measure_sets(
+    specs: list[datasets.DataSet], work: Path, repeat: int
+) -> tuple[Table, dict[str, float | None]]:
+    """Measure every tool on every set, generating sets that are missing.
+
+    Returns the measurements and the seconds each set took to generate
+    (None for a set found in the cache).
+    """
+    table: Table = {}
+    generation: dict[str, float | None] = {}
+    for spec in specs:
+        root = work / "data" / spec.name
+        seconds = generation[spec.name] = datasets.ensure(spec, root)
+        print(
+            f"{spec.name}: data {'cached' if seconds is None else f'{seconds:.1f} s'}"
+        )
+        for name, tool in tools_for(spec.name):
+            item = measure(name, tool, root, work, spec.name, repeat)
+            table[spec.name, name] = item
+            print(f"  {name:<18} {_seconds(item.seconds):>8} s", flush=True)
+    _check_archive_counts(table, specs)
+    return table, generation
+
+
+def _payload(
+    table: Table,
+    help_run: Measurement,
+    targets: list[Target],
+    generation: dict[str, float | None],
+    repeat: int,
+) -> dict[str, object]:
+    measurements = [*table.values(), help_run]
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "stemzip": str(stemzip_script()),
+        "repeat": repeat,
+        "generation_seconds": generation,
+        "measurements": [asdict(m) | {"seconds": m.seconds} for m in measurements],
+        "targets": [asdict(t) | {"verdict": t.verdict} for t in targets],
+    }
+
+
 def main() -> int:
     args = _parse_args()
     if not stemzip_script().exists():
@@ -318,38 +369,14 @@ def main() -> int:
     if not shutil.which("zip"):
         print("zip is not on PATH: Info-ZIP is not measured", file=sys.stderr)
 
-    table: Table = {}
-    generation: dict[str, float | None] = {}
-    for spec in args.specs:
-        root = args.work / "data" / spec.name
-        generation[spec.name] = datasets.ensure(spec, root)
-        state = generation[spec.name]
-        print(f"{spec.name}: data {'cached' if state is None else f'{state:.1f} s'}")
-        for name, tool in tools_for(spec.name):
-            item = measure(name, tool, root, args.work, spec.name, args.repeat)
-            table[spec.name, name] = item
-            print(f"  {name:<18} {_seconds(item.seconds):>8} s", flush=True)
+    table, generation = measure_sets(args.specs, args.work, args.repeat)
     help_run = measure_help(args.work, args.repeat)
-    _check_archive_counts(table, args.specs)
-
     targets = evaluate(table, help_run)
+
     print_report(table, help_run, targets)
-    write_json(
-        args.work / "results.json",
-        {
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
-            "repeat": args.repeat,
-            "generation_seconds": generation,
-            "measurements": [asdict(m) | {"seconds": m.seconds} for m in table.values()]
-            + [asdict(help_run) | {"seconds": help_run.seconds}],
-            "targets": [asdict(t) | {"verdict": t.verdict} for t in targets],
-        },
-    )
-    print(f"\nresults written to {args.work / 'results.json'}")
+    results = args.work / "results.json"
+    write_json(results, _payload(table, help_run, targets, generation, args.repeat))
+    print(f"\nresults written to {results}")
     return 0
 
 

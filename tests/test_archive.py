@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from stemzip import archive as archive_module
-from stemzip.archive import ArchiveOptions, StemJob, write_archive, zip_stem
-from stemzip.errors import ConfigError, SourceChangedError
+from stemzip.archive import (
+    ArchiveOptions,
+    StemJob,
+    verify_archive,
+    write_archive,
+    zip_stem,
+)
+from stemzip.errors import ArchiveVerificationError, ConfigError, SourceChangedError
 from stemzip.results import Status
 
 from .conftest import archive_contents, crc_of
@@ -219,3 +225,127 @@ def test_memory_stays_flat_for_a_2_gib_member(tmp_path: Path) -> None:
     assert peak_mib < 150
     with zipfile.ZipFile(tmp_path / "run1.zip") as archive:
         assert archive.getinfo("run1_big.csv").file_size == 2 << 30
+
+
+def test_verification_rejects_an_archive_that_differs(
+    tmp_path: Path, sources: list[Path]
+) -> None:
+    target = tmp_path / "run1.zip"
+    write_archive(target, _named(sources), ArchiveOptions(verify=True))
+    expected = {p.name: p.stat().st_size for p in sources}
+    verify_archive(target, expected)
+
+    with pytest.raises(ArchiveVerificationError, match=r"missing \['extra.csv'\]"):
+        verify_archive(target, {**expected, "extra.csv": 1})
+
+    damaged = bytearray(target.read_bytes())
+    offset = damaged.index(b"run1_b.csv") + len("run1_b.csv") + 200
+    damaged[offset] ^= 0xFF  # flip a byte of run1_b.csv's compressed data
+    target.write_bytes(bytes(damaged))
+    with pytest.raises(
+        ArchiveVerificationError,
+        match=r"run1\.zip.*run1_b\.csv|run1\.zip cannot be read",
+    ):
+        verify_archive(target, expected)
+
+
+@pytest.mark.parametrize("after", ["delete", "move"])
+def test_sources_leave_only_after_a_verified_archive(
+    tmp_path: Path, sources: list[Path], after: str
+) -> None:
+    crcs = {p.name: crc_of(p) for p in sources}
+    moved = tmp_path / "moved"
+    options = ArchiveOptions(verify=True, after=after, move_to=str(moved))
+    job = StemJob(
+        stem="run1",
+        files=tuple(str(p) for p in sources),
+        archive_path=str(tmp_path / "run1.zip"),
+        options=options,
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.ZIPPED
+    assert archive_contents(tmp_path / "run1.zip") == crcs
+    assert not any(p.exists() for p in sources)
+    if after == "move":
+        assert {p.name: crc_of(p) for p in moved.iterdir()} == crcs
+    else:
+        assert not moved.exists()
+
+
+def test_move_never_overwrites(tmp_path: Path, sources: list[Path]) -> None:
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / sources[0].name).write_text("someone else's")
+    options = ArchiveOptions(verify=True, after="move", move_to=str(moved))
+    job = StemJob(
+        stem="run1",
+        files=tuple(str(p) for p in sources),
+        archive_path=str(tmp_path / "run1.zip"),
+        options=options,
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.FAILED
+    assert result.zip_file_path == str(tmp_path / "run1.zip")
+    assert result.error is not None and "not all sources were moved" in result.error
+    assert all(p.exists() for p in sources)
+    assert (moved / sources[0].name).read_text() == "someone else's"
+
+
+def test_failed_write_leaves_sources_in_place(
+    tmp_path: Path, sources: list[Path]
+) -> None:
+    (tmp_path / "run1.zip").mkdir()  # the archive cannot be renamed into place
+    options = ArchiveOptions(verify=True, after="delete")
+    job = StemJob(
+        stem="run1",
+        files=tuple(str(p) for p in sources),
+        archive_path=str(tmp_path / "run1.zip"),
+        options=options,
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.FAILED
+    assert result.zip_file_path is None
+    assert all(p.exists() for p in sources)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            ArchiveOptions(after="shred"), "archive.after 'shred'", id="after"
+        ),
+        pytest.param(
+            ArchiveOptions(after="delete"), "needs archive.verify", id="unverified"
+        ),
+        pytest.param(
+            ArchiveOptions(after="move", verify=True),
+            "needs archive.move_to",
+            id="no-folder",
+        ),
+    ],
+)
+def test_bad_after_options(options: ArchiveOptions, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        options.check()
+
+
+def test_members_under_relative_paths(tmp_path: Path, sources: list[Path]) -> None:
+    job = StemJob(
+        stem="run1",
+        files=tuple(str(p) for p in sources),
+        archive_path=str(tmp_path / "out" / "2026" / "run1.zip"),
+        arcnames=tuple(f"Jacket/{p.name}" for p in sources),
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.ZIPPED
+    assert list(archive_contents(tmp_path / "out" / "2026" / "run1.zip")) == [
+        f"Jacket/{p.name}" for p in sources
+    ]

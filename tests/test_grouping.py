@@ -85,22 +85,23 @@ def test_find_stems_strips_final_extension_and_filters(tmp_path: Path) -> None:
     ]:
         (tmp_path / name).write_text("x")
 
-    assert find_stems(tmp_path, ["yml"]) == ["case.1", "run_a", "run_b", "run_b_draft"]
-    assert find_stems(tmp_path, ["yml", "yaml"], NameFilter(contains=("run",))) == [
-        "run_a",
-        "run_b",
-        "run_b_draft",
-    ]
-    assert find_stems(
+    every = ["case.1", "run_a", "run_b", "run_b_draft"]
+    assert find_stems(tmp_path, ["yml"]) == (every, every)
+    assert find_stems(tmp_path, ["yml", "yaml"], NameFilter(contains=("run",))) == (
+        ["run_a", "run_b", "run_b_draft"],
+        sorted([*every, "other"]),
+    )
+    selected, _ = find_stems(
         tmp_path, ["yml"], NameFilter(contains=("run", "_b"), not_contains=("draft",))
-    ) == ["run_b"]
+    )
+    assert selected == ["run_b"]
 
 
 def test_same_stem_from_two_extensions_counts_once(tmp_path: Path) -> None:
     (tmp_path / "run1.yml").write_text("x")
     (tmp_path / "run1.yaml").write_text("x")
 
-    assert find_stems(tmp_path, ["yml", "yaml"]) == ["run1"]
+    assert find_stems(tmp_path, ["yml", "yaml"]) == (["run1"], ["run1"])
 
 
 def test_listing_skips_folders_and_fifos(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The ``stemzip`` command: a Hydra app around :func:`stemzip.task.run`.
 
 Exit status: 0 when every stem was zipped, skipped or had no data files;
-1 when any stem failed; 2 when the configuration was refused.
+1 when any stem failed; 2 when the configuration was refused; 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stemzip.config import register_configs
+from stemzip import __version__
 from stemzip.errors import StemzipError
 from stemzip.task import run
 
@@ -26,8 +27,10 @@ EXIT_FAILED_STEMS = 1
 EXIT_BAD_CONFIG = 2
 PROJECT_CONFIG = Path("conf") / "config.yaml"
 
-# exit status owed by the jobs of this process; a multirun runs several
-_outcome = {"status": 0}
+EXIT_INTERRUPTED = 130
+# exit status owed by the jobs of this process (a multirun runs several),
+# and how many jobs started
+_outcome = {"status": 0, "jobs": 0}
 
 
 def _record(status: int) -> None:
@@ -45,6 +48,7 @@ def zip_job(cfg: DictConfig) -> dict[str, Any]:
     sweep summary callback records.
     """
     started = time.perf_counter()
+    _outcome["jobs"] += 1
     try:
         run(cfg, show_plan=_print_plan)
     except StemzipError as exc:
@@ -69,20 +73,46 @@ def zip_job(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _builds_on_stemzip(config: Path) -> bool:
+    try:
+        loaded = OmegaConf.load(config)
+    except Exception:  # unreadable or not YAML: not a stemzip config
+        return False
+    defaults = loaded.get("defaults") if isinstance(loaded, DictConfig) else None
+    if not isinstance(defaults, ListConfig):
+        return False
+    names = [next(iter(d), None) if isinstance(d, DictConfig) else d for d in defaults]
+    return "stemzip" in names or "stemzip_base" in names
+
+
 def _config_path() -> str:
     # a project's own conf/config.yaml, in the folder stemzip starts in, takes
-    # the place of the defaults that ship inside the package
+    # the place of the package's, provided it builds on stemzip's defaults; a
+    # conf/ folder of some other Hydra app is left alone
     project = Path.cwd() / PROJECT_CONFIG
-    if project.is_file():
+    if project.is_file() and _builds_on_stemzip(project):
         return str(project.parent)
     return "conf"
 
 
 def main() -> None:
     """Console entry point of ``stemzip``."""
-    register_configs()
-    _outcome["status"] = 0
-    hydra.main(version_base="1.3", config_path=_config_path(), config_name="config")(
-        zip_job
-    )()
+    if sys.argv[1:] == ["--version"]:
+        print(f"stemzip {__version__} (Hydra {hydra.__version__})")
+        return
+    _outcome.update(status=0, jobs=0)
+    task = hydra.main(
+        version_base="1.3", config_path=_config_path(), config_name="config"
+    )(zip_job)
+    try:
+        task()
+    except KeyboardInterrupt:
+        print("stemzip: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        # Hydra exits 1 when it cannot compose the config (a bad type, an
+        # unknown key or option); before any job ran, that is a refused config
+        if exc.code not in (0, None) and not _outcome["jobs"]:
+            sys.exit(EXIT_BAD_CONFIG)
+        raise
     sys.exit(_outcome["status"])

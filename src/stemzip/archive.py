@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import logging
+import lzma
 import os
 import secrets
 import shutil
@@ -238,16 +239,21 @@ def verify_archive(path: Path, expected: dict[str, int]) -> None:
     Every member is decompressed and its CRC checked. Raises
     :class:`ArchiveVerificationError` on any difference.
     """
-    with zipfile.ZipFile(path) as archive:
-        found = {info.filename: info.file_size for info in archive.infolist()}
-        if found != expected:
-            missing = sorted(set(expected) - set(found))
-            extra = sorted(set(found) - set(expected))
-            raise ArchiveVerificationError(
-                f"{path.name} members differ from the plan: missing {missing}, "
-                f"unexpected {extra}, or sizes differ"
-            )
-        bad = archive.testzip()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            found = {info.filename: info.file_size for info in archive.infolist()}
+            bad = archive.testzip() if found == expected else None
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as exc:
+        raise ArchiveVerificationError(
+            f"{path.name} cannot be read back: {exc}"
+        ) from exc
+    if found != expected:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        raise ArchiveVerificationError(
+            f"{path.name} members differ from the plan: missing {missing}, "
+            f"unexpected {extra}, or sizes differ"
+        )
     if bad is not None:
         raise ArchiveVerificationError(f"{path.name}: member {bad!r} fails its CRC")
 

@@ -22,10 +22,11 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     as_completed,
 )
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stemzip.archive import StemJob, zip_stem
 from stemzip.errors import ConfigError
@@ -98,7 +99,12 @@ class StemExecutor(ABC):
     @contextmanager
     def _progress(self, total: int) -> Iterator[Report]:
         shown = self.progress_reporting and sys.stderr.isatty()
-        with tqdm(total=total, unit="stem", disable=not shown, file=sys.stderr) as bar:
+        # while the bar is drawn, console log lines are written above it
+        redirect = logging_redirect_tqdm() if shown else nullcontext()
+        with (
+            redirect,
+            tqdm(total=total, unit="stem", disable=not shown, file=sys.stderr) as bar,
+        ):
             done_bytes = 0
 
             def advance(result: StemResult) -> None:

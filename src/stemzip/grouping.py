@@ -92,18 +92,25 @@ def list_files(
     )
 
 
+def _stem_of(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
 def find_stems(
     directory: Path,
     extensions: Sequence[str],
     name_filter: NameFilter = NameFilter(),
-) -> list[str]:
-    """Stems of the stem files in ``directory``, sorted and without repeats.
+) -> tuple[list[str], list[str]]:
+    """The stems in ``directory``: those selected, and all of them.
 
-    A stem is a file name without its final extension (``case.1.yml`` gives
-    ``case.1``).
+    A stem is a stem file's name without its final extension (``case.1.yml``
+    gives ``case.1``); ``name_filter`` selects by file name. Both lists are
+    sorted and without repeats.
     """
-    names = list_files(directory, extensions, name_filter)
-    return sorted({name.rpartition(".")[0] for name in names})
+    names = list_files(directory, extensions)
+    every = sorted({_stem_of(name) for name in names})
+    selected = sorted({_stem_of(name) for name in names if name_filter.keeps(name)})
+    return selected, every
 
 
 def _fitting(name: str, stems: frozenset[str]) -> Iterator[str]:

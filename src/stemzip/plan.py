@@ -50,13 +50,18 @@ def _output_inside_data(settings: RunSettings) -> Path | None:
 def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     """Group the data files by stem and decide what each stem needs.
 
-    The stems come from the stem folder unless ``stems`` names them. Lists
-    the stem folder and the data folder once each; reads no file.
+    The stems come from the stem folder unless ``stems`` names them. A data
+    file goes to the longest stem it fits among all stems in the folder, so a
+    file of a stem that the filters leave out is left alone, never handed to
+    a shorter stem. Lists the stem folder and the data folder once each;
+    reads no file.
     """
     if stems is None:
-        stems = find_stems(
+        stems, every_stem = find_stems(
             settings.stem_directory, settings.stem_extensions, settings.stem_filter
         )
+    else:
+        every_stem = list(stems)
     paths = list_files(
         settings.data_directory,
         settings.data_extensions,
@@ -64,12 +69,17 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
         recursive=settings.recursive,
         skip=_output_inside_data(settings),
     )
-    grouping = group_by_stem(stems, paths)
+    grouping = group_by_stem(every_stem, paths)
+    selected = set(stems)
+    left_out = sum(len(m) for s, m in grouping.members.items() if s not in selected)
+    if left_out:
+        log.info("%d data files belong to stems the filters leave out", left_out)
+    members_by_stem = {s: m for s, m in grouping.members.items() if s in selected}
     started = time.localtime()
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
-    for stem, members in grouping.members.items():
+    for stem, members in members_by_stem.items():
         if not members:
             log.warning(
                 "stem %r has no data files in %s", stem, settings.data_directory
@@ -102,12 +112,12 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     contested = {}
     if settings.dry_run:
         stem_set = frozenset(grouping.members)
-        for members in grouping.members.values():
+        for members in members_by_stem.values():
             for path in members:
                 if len(claims := contenders(path, stem_set)) > 1:
                     contested[path] = claims
     return Plan(
-        stems=sorted(grouping.members),
+        stems=sorted(members_by_stem),
         jobs=jobs,
         settled=settled,
         unmatched=grouping.unmatched,

@@ -59,7 +59,8 @@ class Summary:
         return self.counts.get(Status.FAILED, 0)
 
     def describe(self) -> str:
-        counts = ", ".join(f"{self.counts.get(s, 0)} {s.value}" for s in Status)
+        shown = [s for s in Status if s is not Status.PLANNED or s in self.counts]
+        counts = ", ".join(f"{self.counts.get(s, 0)} {s.value}" for s in shown)
         return f"{counts}; {self.bytes_in} bytes in, {self.bytes_out} bytes out"
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stemzip.config import ParallelConfig, RunSettings, load_settings
-from stemzip.errors import ConfigError, OutputDirectoryError
+from stemzip.errors import ConfigError, OutputDirectoryError, StemzipError
 from stemzip.executors import StemExecutor
 from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status, StemResult, summarise
@@ -49,7 +50,14 @@ def build_executor(node: Any = None) -> StemExecutor:
         options = OmegaConf.merge(
             OmegaConf.create({"_target_": options._target_}), node
         )
-    executor = instantiate(options, _convert_="all")
+    try:
+        executor = instantiate(options, _convert_="all")
+    except InstantiationException as exc:
+        # instantiate wraps what the constructor raised; our own errors
+        # already say which key to fix
+        if isinstance(exc.__cause__, StemzipError):
+            raise exc.__cause__ from None
+        raise ConfigError(f"parallel_processing could not be built: {exc}") from exc
     if not isinstance(executor, StemExecutor):
         raise ConfigError(
             f"parallel_processing._target_ {options._target_!r} is not a stemzip "
