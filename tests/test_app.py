@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stemzip import __version__
+
 from .conftest import archive_contents, crc_of, write_run_tree
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -195,3 +197,98 @@ def test_help_names_the_groups(tmp_path: Path) -> None:
 
     assert done.returncode == 0
     assert "parallel_processing: dask, parallel, sequential, threads" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        pytest.param(
+            "parallel_processing.timeout_per_file=-1",
+            "timeout_per_file must be a number of seconds >= 0",
+            id="negative-timeout",
+        ),
+        pytest.param(
+            "parallel_processing.start_method=thread",
+            "start_method 'thread' is not one of",
+            id="start-method",
+        ),
+        pytest.param("archive.compresslevel=abc", "compresslevel", id="type"),
+        pytest.param("nosuchkey=1", "nosuchkey", id="unknown-key"),
+        pytest.param("parallel_processing=gpu", "parallel_processing", id="option"),
+        pytest.param(
+            "file_management.filename.extension=yml", "extension", id="string-for-list"
+        ),
+    ],
+)
+def test_every_refused_config_exits_two(
+    example: Path, override: str, message: str
+) -> None:
+    done = stemzip(example, override, "hydra.run.dir=job")
+
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (example / "examples" / "zipped").exists()
+
+
+def test_version() -> None:
+    done = stemzip(REPOSITORY, "--version")
+
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"stemzip {__version__} (Hydra ")
+
+
+def test_another_apps_project_config_is_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("defaults:\n  - db: mysql\n")
+    write_run_tree(tmp_path, ["a"], {"a_1.csv": "1"})
+
+    done = stemzip(
+        tmp_path,
+        "file_management.input_directory=stems",
+        "analysis.input_directory=data",
+        "hydra.run.dir=job",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "data" / "a.zip").is_file()
+
+
+def test_readme_project_config(tmp_path: Path) -> None:
+    readme = (REPOSITORY / "README.md").read_text()
+    snippet = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(snippet)
+    write_run_tree(tmp_path, [], {})
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r1.yml").write_text("x")
+    (tmp_path / "runs" / "r1_a.csv").write_text("1")
+
+    done = stemzip(tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "r1.zip").is_file()
+    (job,) = (tmp_path / "outputs").glob("*/*")
+    assert sorted(p.name for p in job.iterdir()) == [
+        ".hydra",
+        "results.yaml",
+        "stats.json",
+        "stemzip.log",
+    ]
+    assert "wrote " in done.stderr
+    assert done.stdout == ""
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(example: Path) -> None:
+    data = example / "examples" / "runs"
+    before = sorted(p for p in data.rglob("*"))
+
+    done = stemzip(example, "dry_run=true", "hydra.run.dir=job")
+
+    assert done.returncode == 0, done.stderr
+    assert "FST2F_FST1F_LWL_000deg: zip -> " in done.stdout
+    assert "    campaign_summary.csv" in done.stdout
+    assert "FST2F_FST1F_LWL_000deg_storm, FST2F_FST1F_LWL_000deg" in done.stdout
+    assert sorted(p for p in data.rglob("*")) == before
+    assert not (example / "examples" / "zipped").exists()
+    statuses = [r["status"] for r in _results(example / "job")]
+    assert statuses == ["planned", "no_files", "planned", "planned", "planned"]

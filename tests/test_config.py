@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,62 @@ def test_nothing_is_created_while_checking(tmp_path: Path) -> None:
     load_settings(cfg, tmp_path)
 
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("archive", "message"),
+    [
+        pytest.param({"name": "all.zip"}, "must contain {stem}", id="no-stem"),
+        pytest.param({"name": "{stem}_{user}.zip"}, "may use only", id="unknown-field"),
+        pytest.param(
+            {"name": "../{stem}.zip"}, "inside the output folder", id="escape"
+        ),
+        pytest.param(
+            {"name": "/tmp/{stem}.zip"}, "inside the output folder", id="absolute"
+        ),
+        pytest.param({"name": "{stem"}, "not a valid template", id="broken"),
+        pytest.param(
+            {"after": "move"}, "archive.move_to is not set", id="move-nowhere"
+        ),
+        pytest.param(
+            {"after": "shred"}, "archive.after 'shred' is not one of", id="after"
+        ),
+        pytest.param(
+            {"compresion": "stored"}, "archive has no key 'compresion'", id="typo"
+        ),
+        pytest.param({"compresslevel": 7}, "archive.engine=zlib", id="isal-level-hint"),
+    ],
+)
+def test_bad_archive_settings(
+    tmp_path: Path, archive: dict[str, Any], message: str
+) -> None:
+    cfg = _tree(tmp_path) | {"archive": archive}
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(cfg, tmp_path)
+
+
+def test_after_delete_or_move_turns_verification_on(tmp_path: Path) -> None:
+    cfg = _tree(tmp_path) | {"archive": {"after": "move", "move_to": "done"}}
+
+    options = load_settings(cfg, tmp_path).archive
+
+    assert options.verify is True
+    assert options.move_to == str(tmp_path / "done")
+
+
+def test_data_selection_keys(tmp_path: Path) -> None:
+    cfg = _tree(tmp_path) | {
+        "dry_run": True,
+        "analysis": {
+            "recursive": True,
+            "filename": {"filters": {"include": ["*.csv"], "not_contains": ["tmp"]}},
+        },
+    }
+
+    settings = load_settings(cfg, tmp_path)
+
+    assert settings.dry_run is True
+    assert settings.recursive is True
+    assert settings.data_filter.include == ("*.csv",)
+    assert settings.data_filter.not_contains == ("tmp",)

@@ -125,9 +125,12 @@ class ArchiveOptions:
             )
         low, high, _ = _LEVELS[key]
         if not low <= self.compresslevel <= high:
+            hint = "set archive.compresslevel=null"
+            if key == "isal" and self.compresslevel <= _LEVELS["zlib"][1]:
+                hint = "for zlib's levels set archive.engine=zlib"
             raise ConfigError(
                 f"archive.compresslevel {self.compresslevel} is outside {low}..{high}"
-                f" for the {key} compressor; set archive.compresslevel=null"
+                f" for the {key} compressor; {hint}"
             )
 
     def level(self) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -308,6 +308,15 @@ def _archive_name(cfg: Any) -> str:
 
 
 def _archive_options(cfg: Any, base_dir: Path) -> ArchiveOptions:
+    # the archive section is stemzip's own, so a key it does not know is a typo
+    # (other sections also carry keys of the frameworks that share them)
+    known = {f.name for f in fields(ArchiveConfig)}
+    unknown = sorted(set(_lookup(cfg, "archive", {})) - known)
+    if unknown:
+        raise ConfigError(
+            f"archive has no key {unknown[0]!r}; "
+            f"the keys are {', '.join(sorted(known))}"
+        )
     level = _lookup(cfg, "archive.compresslevel")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
         raise ConfigError(
