@@ -13,6 +13,7 @@ from stemzip import archive as archive_module
 from stemzip.archive import (
     ArchiveOptions,
     StemJob,
+    remove_partial_files,
     verify_archive,
     write_archive,
     zip_stem,
@@ -349,3 +350,19 @@ def test_members_under_relative_paths(tmp_path: Path, sources: list[Path]) -> No
     assert list(archive_contents(tmp_path / "out" / "2026" / "run1.zip")) == [
         f"Jacket/{p.name}" for p in sources
     ]
+
+
+def test_partial_files_of_planned_archives_are_removed(tmp_path: Path) -> None:
+    names = [
+        ".run1.zip.0a1b2c3d.part",  # left by a killed run: goes
+        ".run2.zip.0a1b2c3d.part",  # run2 is not being written: stays
+        ".run1.zip.backup.part",  # not one of ours: stays
+        "run1.zip",
+    ]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    job = StemJob(stem="run1", files=(), archive_path=str(tmp_path / "run1.zip"))
+
+    assert remove_partial_files([job]) == 1
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])

@@ -181,6 +181,7 @@ def test_killed_worker_leaves_the_rest_to_this_process(
     assert [r.status for r in results] == [Status.ZIPPED, Status.FAILED, Status.ZIPPED]
     assert "parallel pool failed (BrokenProcessPool" in caplog.text
     assert archive_contents(Path(jobs[2].archive_path))
+    assert not list(tmp_path.glob(".*.part")), "the dead worker's file is removed"
 
 
 def test_pool_that_cannot_start_falls_back(

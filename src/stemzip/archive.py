@@ -7,6 +7,7 @@ import contextlib
 import logging
 import lzma
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -234,6 +235,34 @@ def _add_member(
 
 def _temporary_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+
+
+_PARTIAL = re.compile(r"\.(?P<archive>.+)\.[0-9a-f]{8}\.part")
+
+
+def remove_partial_files(jobs: Sequence[StemJob]) -> int:
+    """Remove temporary files that a killed run left for these jobs' archives.
+
+    Only files named like this module's temporaries for one of the archives
+    about to be written are touched. Returns how many were removed.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for job in jobs:
+        target = Path(job.archive_path)
+        wanted.setdefault(target.parent, set()).add(target.name)
+    removed = 0
+    for folder, names in wanted.items():
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = _PARTIAL.fullmatch(entry.name)
+                if match and match["archive"] in names and entry.is_file():
+                    log.warning("removing %s, left by an interrupted run", entry.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def verify_archive(path: Path, expected: dict[str, int]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from stemzip.archive import StemJob, zip_stem
+from stemzip.archive import StemJob, remove_partial_files, zip_stem
 from stemzip.errors import ConfigError
 from stemzip.results import StemResult
 
@@ -254,6 +254,8 @@ class _PooledStemExecutor(StemExecutor):
         leftover = self._run_pool(jobs, report)
         if leftover:
             log.warning("running %d remaining stems in this process", len(leftover))
+            # a worker that died mid-archive leaves its temporary file behind
+            remove_partial_files(leftover)
             run_in_process(leftover, report, self.timeout)
 
     def _run_pool(self, jobs: Sequence[StemJob], report: Report) -> list[StemJob]:

@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from stemzip.archive import remove_partial_files
 from stemzip.config import ParallelConfig, RunSettings, load_settings
 from stemzip.errors import ConfigError, OutputDirectoryError, StemzipError
 from stemzip.executors import StemExecutor
@@ -115,6 +116,7 @@ def zip_by_stem(
         return sorted(planned + plan.settled, key=lambda result: result.stem)
     if plan.jobs:
         _prepare_output(settings.output_directory)
+        remove_partial_files(plan.jobs)
 
     results = executor.run(plan.jobs) + plan.settled
     return sorted(results, key=lambda result: result.stem)
