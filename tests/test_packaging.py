@@ -103,3 +103,27 @@ def _imported_from(site: Path) -> str:
         text=True,
         check=True,
     ).stdout
+
+
+def test_hydra_discovers_the_plugin_from_the_wheel(wheel_site: Path) -> None:
+    script = (
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.search_path_plugin import SearchPathPlugin\n"
+        "import hydra_plugins.stemzip_plugin as plugin\n"
+        "found = Plugins.instance().discover(SearchPathPlugin)\n"
+        "print(plugin.__file__)\n"
+        "print(' '.join(p.__name__ for p in found))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(wheel_site)}
+
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    where, names = done.stdout.splitlines()
+    assert where.startswith(str(wheel_site))
+    assert "StemzipSearchPathPlugin" in names.split()
