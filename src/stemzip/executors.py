@@ -12,6 +12,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import os
+import shutil
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -59,6 +60,16 @@ def _check_timeout(value: Any) -> float | None:
     return float(value)
 
 
+def _terminal_size() -> os.terminal_size:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    if size.columns > 0 and size.lines > 0:
+        return size
+    return shutil.get_terminal_size()
+
+
 class StemExecutor(ABC):
     """Runs stem jobs; subclasses decide where and how many at a time."""
 
@@ -103,7 +114,15 @@ class StemExecutor(ABC):
         redirect = logging_redirect_tqdm() if shown else nullcontext()
         with (
             redirect,
-            tqdm(total=total, unit="stem", disable=not shown, file=sys.stderr) as bar,
+            tqdm(
+                total=total,
+                unit="stem",
+                disable=not shown,
+                file=sys.stderr,
+                # a terminal that reports no size (0 by 0) still gets a bar
+                ncols=_terminal_size().columns,
+                nrows=_terminal_size().lines,
+            ) as bar,
         ):
             done_bytes = 0
 
