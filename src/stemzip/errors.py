@@ -33,3 +33,8 @@ class SourceChangedError(StemzipError, OSError):
 
 class ArchiveVerificationError(StemzipError, OSError):
     """Raised when an archive read back differs from what was written."""
+
+
+class UnsafeArchiveError(StemzipError, ValueError):
+    """Raised when an archive to extract could write outside its folder or is
+    larger than the limits allow."""

@@ -21,6 +21,15 @@ from stemzip.executors import StemExecutor
 from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status, StemResult, summarise
 
+__all__ = [
+    "base_directory",
+    "build_executor",
+    "run",
+    "summarise",
+    "write_error_reports",
+    "zip_by_stem",
+]
+
 log = logging.getLogger(__name__)
 
 
