@@ -377,12 +377,13 @@ def _time_limit(seconds: float | None, stem: str) -> Iterator[float | None]:
             signal.signal(signal.SIGALRM, previous)
 
 
-def _failure(job: StemJob, exc: BaseException, archive: Path | None) -> StemResult:
+def _failure(
+    job: StemJob, exc: BaseException, archive: Path | None, started: float
+) -> StemResult:
     what = f"{type(exc).__name__}: {exc}"
     if archive is not None:
         verb = "deleted" if job.options.after == "delete" else "moved"
         what = f"archive {archive} is complete, but not all sources were {verb}: {what}"
-    log.error("stem %r failed: %s", job.stem, what)
     return StemResult(
         stem=job.stem,
         status=Status.FAILED,
@@ -390,11 +391,16 @@ def _failure(job: StemJob, exc: BaseException, archive: Path | None) -> StemResu
         files=job.files,
         error=what,
         traceback=traceback.format_exc(),
+        seconds=time.perf_counter() - started,
     )
 
 
 def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
-    """Archive one stem and report how it went; per-stem errors never escape."""
+    """Archive one stem and report how it went; per-stem errors never escape.
+
+    Logs nothing at INFO: the process that collects the results logs them
+    with :func:`log_result`, so workers send no line per archive.
+    """
     target = Path(job.archive_path)
     started = time.perf_counter()
     try:
@@ -402,20 +408,12 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
             bytes_in = write_archive(target, job.members(), job.options, deadline)
         bytes_out = target.stat().st_size
     except Exception as exc:
-        return _failure(job, exc, archive=None)
+        return _failure(job, exc, None, started)
     try:
         _dispose_sources(job)
     except OSError as exc:
-        return _failure(job, exc, archive=target)
+        return _failure(job, exc, target, started)
 
-    log.info(
-        "wrote %s: %d members, %d bytes from %d in %.2f s",
-        target,
-        len(job.files),
-        bytes_out,
-        bytes_in,
-        time.perf_counter() - started,
-    )
     return StemResult(
         stem=job.stem,
         status=Status.ZIPPED,
@@ -423,4 +421,20 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
         files=job.files,
         bytes_in=bytes_in,
         bytes_out=bytes_out,
+        seconds=time.perf_counter() - started,
     )
+
+
+def log_result(result: StemResult) -> None:
+    """Log one line for a stem that was zipped or failed."""
+    if result.status is Status.FAILED:
+        log.error("stem %r failed: %s", result.stem, result.error)
+    elif result.status is Status.ZIPPED:
+        log.info(
+            "wrote %s: %d members, %d bytes from %d in %.2f s",
+            result.zip_file_path,
+            len(result.files),
+            result.bytes_out,
+            result.bytes_in,
+            result.seconds,
+        )

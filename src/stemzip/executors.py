@@ -29,7 +29,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from stemzip.archive import StemJob, remove_partial_files, zip_stem
+from stemzip.archive import StemJob, log_result, remove_partial_files, zip_stem
 from stemzip.errors import ConfigError
 from stemzip.results import StemResult
 
@@ -101,6 +101,7 @@ class StemExecutor(ABC):
         with self._progress(len(jobs)) as advance:
 
             def report(result: StemResult) -> None:
+                log_result(result)
                 results.append(result)
                 advance(result)
 

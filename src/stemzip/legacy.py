@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from stemzip.archive import ArchiveOptions, StemJob, zip_stem
+from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
 from stemzip.config import load_settings
 from stemzip.errors import ConfigError, StemzipError, UnsafeArchiveError
 from stemzip.results import Status
@@ -157,6 +157,7 @@ class ZipUtilities:
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         result = zip_stem(job)
+        log_result(result)
         if result.status is Status.FAILED:
             raise StemzipError(f"zipping {zip_stem_name!r} failed: {result.error}")
         return str(target)

@@ -33,6 +33,8 @@ class StemResult:
     bytes_out: int = 0
     # full traceback of a failure, kept for error reports, not for the results
     traceback: str | None = None
+    # wall time of the stem's work
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ from stemzip.results import Status, StemResult, summarise
 __all__ = [
     "base_directory",
     "build_executor",
+    "execute",
     "run",
     "summarise",
     "write_error_reports",
@@ -161,21 +162,19 @@ def _store_results(
         cfg[key] = entries
 
 
-def run(
-    cfg: DictConfig | MutableMapping[str, Any],
+def execute(
+    cfg: DictConfig | Mapping[str, Any],
     show_plan: Callable[[str], None] | None = None,
-) -> DictConfig | MutableMapping[str, Any]:
-    """Task entry point: zip by stem as ``cfg`` says and record the results.
+) -> tuple[RunSettings, list[StemResult]]:
+    """Zip by stem as ``cfg`` says; return the settings used and the results.
 
-    Writes one entry per stem, sorted by stem, under ``cfg[cfg.basename]``
-    and returns ``cfg``. Configuration errors are raised before any file is
-    touched; a stem's failure is recorded in its entry, not raised. A dry
-    run's plan goes to ``show_plan``, or to the log.
+    Configuration errors are raised before any file is touched; a stem's
+    failure is recorded in its result, not raised. A dry run's plan goes to
+    ``show_plan``, or to the log.
     """
     started = time.perf_counter()
     settings = load_settings(cfg, base_directory())
-    parallel = cfg.get("parallel_processing")
-    executor = build_executor(parallel)
+    executor = build_executor(cfg.get("parallel_processing"))
 
     results = zip_by_stem(settings, executor, show_plan=show_plan)
     if executor.save_error_reports:
@@ -184,5 +183,19 @@ def run(
 
     summary = summarise(results)
     log.info("done in %.2f s: %s", time.perf_counter() - started, summary.describe())
+    return settings, results
+
+
+def run(
+    cfg: DictConfig | MutableMapping[str, Any],
+    show_plan: Callable[[str], None] | None = None,
+) -> DictConfig | MutableMapping[str, Any]:
+    """Task entry point: zip by stem as ``cfg`` says and record the results.
+
+    Writes one entry per stem, sorted by stem, under ``cfg[cfg.basename]``
+    (see :meth:`StemResult.to_dict`) and returns ``cfg``. Raises as
+    :func:`execute` does.
+    """
+    settings, results = execute(cfg, show_plan)
     _store_results(cfg, settings.basename, [result.to_dict() for result in results])
     return cfg
