@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -188,16 +189,16 @@ def test_zip_stem_reports_failure_against_its_stem(tmp_path: Path) -> None:
     assert not (tmp_path / "run1.zip").exists()
 
 
-def test_zip_stem_time_limit(tmp_path: Path) -> None:
-    # opening a FIFO with no writer blocks for ever: a real stuck read
+def test_source_that_became_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    # opening a FIFO with no writer would block for ever
     fifo = tmp_path / "run1_pipe.csv"
     os.mkfifo(fifo)
     job = StemJob(stem="run1", files=(str(fifo),), archive_path=str(tmp_path / "r.zip"))
 
-    result = zip_stem(job, timeout=0.3)
+    result = zip_stem(job, timeout=None)
 
     assert result.status is Status.FAILED
-    assert result.error is not None and "timeout_per_file=0.3" in result.error
+    assert result.error is not None and "no longer a regular file" in result.error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run1_pipe.csv"]
 
 
@@ -366,3 +367,29 @@ def test_partial_files_of_planned_archives_are_removed(tmp_path: Path) -> None:
     assert remove_partial_files([job]) == 1
 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_partial_file_of_a_running_writer_is_kept(tmp_path: Path) -> None:
+    live = tmp_path / ".run1.zip.0a1b2c3d.part"
+    job = StemJob(stem="run1", files=(), archive_path=str(tmp_path / "run1.zip"))
+    with live.open("wb") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # as a running writer holds it
+
+        assert remove_partial_files([job]) == 0
+        assert live.exists()
+
+    assert remove_partial_files([job]) == 1
+
+
+def test_stem_near_the_name_limit(tmp_path: Path) -> None:
+    stem = "q" * 240  # <stem>.zip fits in 255 bytes; its temporary name would not
+    source = tmp_path / f"{stem}_a.csv"
+    source.write_text("x")
+    job = StemJob(
+        stem=stem, files=(str(source),), archive_path=str(tmp_path / f"{stem}.zip")
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.ZIPPED, result.error
+    assert archive_contents(tmp_path / f"{stem}.zip") == {source.name: crc_of(source)}

@@ -284,3 +284,10 @@ def test_data_selection_keys(tmp_path: Path) -> None:
     assert settings.recursive is True
     assert settings.data_filter.include == ("*.csv",)
     assert settings.data_filter.not_contains == ("tmp",)
+
+
+def test_folder_behind_a_link_loop(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+
+    with pytest.raises(InputDirectoryError, match="'loop' cannot be resolved"):
+        load_settings({"file_management": {"input_directory": "loop"}}, tmp_path)

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -161,25 +162,30 @@ def test_killed_worker_leaves_the_rest_to_this_process(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
-    pipe = tmp_path / "data" / "run2_pipe.csv"
-    os.mkfifo(pipe)
-    stuck = StemJob(stem="run2", files=(str(pipe),), archive_path=jobs[1].archive_path)
+    big = tmp_path / "data" / "run2_big.csv"
+    with big.open("wb") as sparse:
+        sparse.truncate(4 << 30)  # seconds of work, no disk
+    slow = StemJob(stem="run2", files=(str(big),), archive_path=jobs[1].archive_path)
 
-    def kill_reader() -> None:
-        # opening for writing returns once a worker has opened it to read
-        with pipe.open("wb"):
-            for child in multiprocessing.active_children():
-                os.kill(child.pid or 0, signal.SIGKILL)
+    def kill_workers_mid_archive() -> None:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".run2.zip.*.part")):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        for child in multiprocessing.active_children():
+            os.kill(child.pid or 0, signal.SIGKILL)
 
-    killer = threading.Thread(target=kill_reader, daemon=True)
+    killer = threading.Thread(target=kill_workers_mid_archive, daemon=True)
     killer.start()
     executor = ProcessPoolStemExecutor(max_workers=2, timeout_per_file=1)
-    results = executor.run([jobs[0], stuck, jobs[2]])
+    results = executor.run([jobs[0], slow, jobs[2]])
     killer.join(timeout=5)
 
     assert [r.stem for r in results] == ["run1", "run2", "run3"]
     assert [r.status for r in results] == [Status.ZIPPED, Status.FAILED, Status.ZIPPED]
     assert "parallel pool failed (BrokenProcessPool" in caplog.text
+    assert "took longer than timeout_per_file=1 s" in str(results[1].error)
     assert archive_contents(Path(jobs[2].archive_path))
     assert not list(tmp_path.glob(".*.part")), "the dead worker's file is removed"
 
@@ -280,3 +286,17 @@ def test_bad_start_method_is_refused() -> None:
 def test_negative_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout_per_file must be a number"):
         SequentialStemExecutor(timeout_per_file=-1)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e300, "10", True])
+def test_impossible_time_limits_are_refused(value: object) -> None:
+    with pytest.raises(
+        ValueError, match="timeout_per_file must be a number of seconds"
+    ):
+        SequentialStemExecutor(timeout_per_file=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["save_error_reports", "progress_reporting"])
+def test_flags_must_be_booleans(key: str) -> None:
+    with pytest.raises(ValueError, match=f"{key} must be true or false, got 'no'"):
+        SequentialStemExecutor(**{key: "no"})  # type: ignore[arg-type]

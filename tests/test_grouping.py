@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,21 @@ def test_every_file_lands_once_in_its_longest_stem(
             name.startswith(s) and len(name) > len(s) and not name[len(s)].isalnum()
             for s in stems
         )
+
+
+def test_link_loop_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "run1_a.csv").write_text("x")
+    (tmp_path / "run1_loop.csv").symlink_to(tmp_path / "run1_loop.csv")
+
+    assert list_files(tmp_path, ["csv"]) == ["run1_a.csv"]
+    assert "skipping" in caplog.text and "run1_loop.csv" in caplog.text
+
+
+def test_combining_mark_is_part_of_the_letter_before_it() -> None:
+    decomposed = unicodedata.normalize("NFD", "café_x.csv")
+
+    assert owning_stem(decomposed, frozenset({"caf"})) is None
+    assert owning_stem(decomposed, frozenset({"cafe"})) is None
+    assert owning_stem(decomposed, frozenset({decomposed[:5]})) == decomposed[:5]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from stemzip.executors import (
     ProcessPoolStemExecutor,
     SequentialStemExecutor,
 )
+from stemzip.results import Status, StemResult
 from stemzip.task import build_executor, run, write_error_reports, zip_by_stem
 
 from .conftest import archive_contents, crc_of, write_run_tree
@@ -209,3 +211,81 @@ def test_build_executor_refuses_other_targets() -> None:
         build_executor({"_target_": "builtins.dict"})
     with pytest.raises(ConfigError, match="must be a group of settings"):
         build_executor("fast")
+
+
+def test_error_report_for_a_stem_near_the_name_limit(tmp_path: Path) -> None:
+    failed = StemResult(stem="q" * 250, status=Status.FAILED, error="boom")
+
+    (path,) = write_error_reports([failed], tmp_path)
+
+    assert json.loads(path.read_text())["stem"] == "q" * 250
+
+
+def test_error_report_that_cannot_be_written_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "errors").write_text("a file where the folder goes")
+    failed = StemResult(stem="run1", status=Status.FAILED, error="boom")
+
+    assert write_error_reports([failed], tmp_path / "errors") == []
+    assert "no error report for 'run1'" in caplog.text
+
+
+def test_archives_beside_the_data_never_take_each_other_in(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(["run1", "run10"], DATA)
+    settings = dataclasses.replace(
+        settings,
+        output_directory=settings.data_directory,
+        data_extensions=("csv", "zip"),
+    )
+    first = zip_by_stem(settings, SequentialStemExecutor())
+
+    second = zip_by_stem(settings, SequentialStemExecutor())
+
+    assert [r.files for r in second] == [r.files for r in first]
+    assert list(archive_contents(settings.data_directory / "run1.zip")) == [
+        "run1-c.csv",
+        "run1_a.csv",
+        "run1_a_x.csv",
+        "run1_b.csv",
+    ]
+
+
+def test_overwrite_off_does_not_count_a_folder_as_an_archive(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(["run1", "run10"], DATA, overwrite=False)
+    (settings.output_directory / "run1.zip").mkdir(parents=True)
+    (settings.output_directory / "run10.zip").write_bytes(b"kept")
+
+    results = {r.stem: r for r in zip_by_stem(settings, SequentialStemExecutor())}
+
+    assert results["run1"].status is Status.FAILED
+    assert results["run10"].status is Status.SKIPPED
+    assert results["run10"].files == (str(settings.data_directory / "run10_a.csv"),)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param({"archive": "stored"}, "archive must be a group", id="section"),
+        pytest.param(
+            {"file_management": {"input_directory": ["a"]}},
+            "must be a folder path",
+            id="folder-list",
+        ),
+        pytest.param({"basename": "archive"}, "names no setting", id="basename"),
+        pytest.param({"archive": {"fsync": "false"}}, "fsync must be true", id="flag"),
+    ],
+)
+def test_plain_dict_values_are_checked(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    write_run_tree(tmp_path, STEMS, DATA)
+    cfg: dict[str, Any] = {"file_management": {"input_directory": str(tmp_path)}}
+    cfg |= changes
+
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)

@@ -11,6 +11,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import threading
 import time
 import traceback
@@ -19,7 +20,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from stemzip.errors import (
     ArchiveVerificationError,
@@ -30,6 +31,12 @@ from stemzip.errors import (
 from stemzip.results import Status, StemResult
 
 isal_zlib: Any
+fcntl: Any
+try:
+    import fcntl
+except ImportError:  # not on Windows: partial files are then never removed
+    fcntl = None
+
 try:
     from isal import isal_zlib
 except ImportError:  # the accelerated engine is optional at run time
@@ -203,6 +210,34 @@ def _open_member(
     return writer
 
 
+def _open_regular(source: Path) -> tuple[BinaryIO, os.stat_result]:
+    # O_NONBLOCK: a source swapped for a FIFO since planning must not block
+    # the open for ever; it is refused below, like any other non-file
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise SourceChangedError(f"{source.name!r} is no longer a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), status
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
+    # the format holds dates from 1980 to 2107; others get the nearest one
+    date_time = time.localtime(status.st_mtime)[:6]
+    if date_time[0] < 1980:
+        date_time = (1980, 1, 1, 0, 0, 0)
+    elif date_time[0] > 2107:
+        date_time = (2107, 12, 31, 23, 59, 59)
+    info = zipfile.ZipInfo(arcname, date_time)
+    info.external_attr = (status.st_mode & 0xFFFF) << 16
+    info.file_size = status.st_size
+    return info
+
+
 def _add_member(
     archive: zipfile.ZipFile,
     source: Path,
@@ -210,17 +245,15 @@ def _add_member(
     options: ArchiveOptions,
     deadline: float | None,
 ) -> int:
-    before = source.stat()
-    # strict_timestamps=False stores dates outside 1980..2107 as the nearest
-    # date the format can hold, instead of refusing the file
-    info = zipfile.ZipInfo.from_file(source, arcname, strict_timestamps=False)
+    reader, before = _open_regular(source)
+    info = _zip_info(arcname, before)
     info.compress_type = COMPRESSION_METHODS[options.compression]
-    with source.open("rb") as reader, _open_member(archive, info, options) as writer:
+    with reader, _open_member(archive, info, options) as writer:
         while chunk := reader.read(_CHUNK):
             writer.write(chunk)
             if deadline is not None and time.monotonic() > deadline:
                 raise StemTimeoutError("time limit reached")
-    after = source.stat()
+        after = os.fstat(reader.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
         info.file_size != before.st_size
     ):
@@ -233,35 +266,68 @@ def _add_member(
     return info.file_size
 
 
+# longest file name most file systems allow, in bytes
+_NAME_MAX = 255
+
+
 def _temporary_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    token = secrets.token_hex(4)
+    name = f".{target.name}.{token}.part"
+    if len(os.fsencode(name)) > _NAME_MAX:
+        name = f".stemzip.{token}.part"
+    return target.with_name(name)
 
 
 _PARTIAL = re.compile(r"\.(?P<archive>.+)\.[0-9a-f]{8}\.part")
 
 
+def _lock(handle: BinaryIO) -> None:
+    # held while the archive is written, so that another run can tell a live
+    # temporary file from one a killed run left behind
+    if fcntl is not None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _abandoned(path: str) -> bool:
+    if fcntl is None:
+        return False  # no way to tell a live writer from a dead one
+    try:
+        with open(path, "rb") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def remove_partial_files(jobs: Sequence[StemJob]) -> int:
     """Remove temporary files that a killed run left for these jobs' archives.
 
-    Only files named like this module's temporaries for one of the archives
-    about to be written are touched. Returns how many were removed.
+    Only files named like this module's temporaries, for one of the archives
+    about to be written, and locked by no running writer are touched. Returns
+    how many were removed.
     """
     wanted: dict[Path, set[str]] = {}
     for job in jobs:
         target = Path(job.archive_path)
-        wanted.setdefault(target.parent, set()).add(target.name)
+        wanted.setdefault(target.parent, {"stemzip"}).add(target.name)
     removed = 0
     for folder, names in wanted.items():
         if not folder.is_dir():
             continue
         with os.scandir(folder) as entries:
-            for entry in entries:
-                match = _PARTIAL.fullmatch(entry.name)
-                if match and match["archive"] in names and entry.is_file():
-                    log.warning("removing %s, left by an interrupted run", entry.path)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                    removed += 1
+            stale = [
+                entry.path
+                for entry in entries
+                if (match := _PARTIAL.fullmatch(entry.name))
+                and match["archive"] in names
+                and entry.is_file(follow_symlinks=False)
+            ]
+        for path in stale:
+            if _abandoned(path):
+                log.warning("removing %s, left by an interrupted run", path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                removed += 1
     return removed
 
 
@@ -310,6 +376,7 @@ def write_archive(
     sizes: dict[str, int] = {}
     try:
         with temporary.open("xb") as raw:
+            _lock(raw)
             with zipfile.ZipFile(raw, "w", allowZip64=True) as archive:
                 for source, name in members:
                     sizes[name] = _add_member(archive, source, name, options, deadline)

@@ -244,15 +244,29 @@ def _name_filter(cfg: Any, key: str) -> NameFilter:
     )
 
 
-def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> Path:
+def _folder_value(cfg: Any, key: str) -> str | None:
     value = _lookup(cfg, key)
+    if value is not None and not isinstance(value, (str, Path)):
+        raise ConfigError(f"{key} must be a folder path, got {value!r}")
+    return None if value is None else str(value)
+
+
+def _resolve(base_dir: Path, value: str, key: str) -> Path:
+    try:
+        return (base_dir / value).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop on the way
+        raise InputDirectoryError(f"{key} {value!r} cannot be resolved: {exc}") from exc
+
+
+def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> Path:
+    value = _folder_value(cfg, key)
     if value is None:
         if fallback is None:
             raise InputDirectoryError(
                 f"{key} is not set; give the folder, e.g. {key}=path/to/runs"
             )
         return fallback
-    folder = (base_dir / str(value)).resolve()
+    folder = _resolve(base_dir, value, key)
     if not folder.exists():
         raise InputDirectoryError(
             f"{key} {str(value)!r} does not exist (resolved to {folder}); "
@@ -267,12 +281,12 @@ def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> 
 
 
 def _output_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> Path:
-    value = _lookup(cfg, key)
+    value = _folder_value(cfg, key)
     if value is None:
         if fallback is None:
             raise ConfigError(f"{key} is not set; give the folder, e.g. {key}=moved")
         return fallback
-    folder = (base_dir / str(value)).resolve()
+    folder = _resolve(base_dir, value, key)
     if folder.exists() and not folder.is_dir():
         raise OutputDirectoryError(
             f"{key} {str(value)!r} is a file, not a folder (resolved to {folder}); "
@@ -352,6 +366,11 @@ def _mapping(cfg: DictConfig | Mapping[str, Any]) -> Mapping[str, Any]:
     return cfg
 
 
+_SECTIONS = ("file_management", "analysis", "default", "archive", "parallel_processing")
+# keys the results must not be written over
+_RESERVED = {*_SECTIONS, "basename", "dry_run", "hydra"}
+
+
 def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSettings:
     """Check a composed config and turn it into :class:`RunSettings`.
 
@@ -361,9 +380,19 @@ def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSet
     is created or changed.
     """
     values = _mapping(cfg)
+    for section in _SECTIONS:
+        if _lookup(values, section, {}) is not None and not isinstance(
+            _lookup(values, section, {}), Mapping
+        ):
+            raise ConfigError(
+                f"{section} must be a group of settings, got {values[section]!r}"
+            )
     basename = _lookup(values, "basename", "zip_utilities")
-    if not isinstance(basename, str) or not basename:
-        raise ConfigError(f"basename must be a non-empty string, got {basename!r}")
+    if not isinstance(basename, str) or not basename or basename in _RESERVED:
+        raise ConfigError(
+            f"basename must be a non-empty string that names no setting of "
+            f"stemzip ({', '.join(sorted(_RESERVED))}), got {basename!r}"
+        )
 
     stem_directory = _input_folder(
         values, "file_management.input_directory", base_dir, None

@@ -49,15 +49,32 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+# longest time limit taken, in seconds (a year); the alarm timer overflows
+# not far above
+_MAX_TIMEOUT = 365 * 24 * 3600
+
+
 def _check_timeout(value: Any) -> float | None:
     if value is None or value == 0:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value <= _MAX_TIMEOUT
+    ):
         raise ConfigError(
             f"parallel_processing.timeout_per_file must be a number of seconds "
-            f">= 0 (0 or null for no limit), got {value!r}"
+            f"from 0 to {_MAX_TIMEOUT} (0 or null for no limit), got {value!r}"
         )
     return float(value)
+
+
+def _check_flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"parallel_processing.{key} must be true or false, got {value!r}"
+        )
+    return value
 
 
 def _terminal_size() -> os.terminal_size:
@@ -84,8 +101,8 @@ class StemExecutor(ABC):
         progress_reporting: bool = False,
     ) -> None:
         self.timeout = _check_timeout(timeout_per_file)
-        self.save_error_reports = bool(save_error_reports)
-        self.progress_reporting = bool(progress_reporting)
+        self.save_error_reports = _check_flag("save_error_reports", save_error_reports)
+        self.progress_reporting = _check_flag("progress_reporting", progress_reporting)
 
     def describe(self, jobs: int) -> str:
         """A few words for the log saying how ``jobs`` stems will run."""

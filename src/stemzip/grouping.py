@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,12 @@ def _walk(directory: Path, recursive: bool, skip: Path | None) -> Iterator[str]:
                 name = f"{relative}/{entry.name}" if relative else entry.name
                 # is_file() is false for folders, FIFOs, sockets and devices,
                 # which are never opened; links to regular files count as files
-                if entry.is_file():
+                try:
+                    is_file = entry.is_file()
+                except OSError as exc:  # a link loop, say
+                    log.warning("skipping %s: %s", entry.path, exc.strerror)
+                    continue
+                if is_file:
                     yield name
                 elif (
                     recursive
@@ -113,11 +119,17 @@ def find_stems(
     return selected, every
 
 
+def _is_separator(char: str) -> bool:
+    # a combining mark (the accent of a decomposed "é") belongs to the letter
+    # before it, so it never ends a stem
+    return not char.isalnum() and not unicodedata.category(char).startswith("M")
+
+
 def _fitting(name: str, stems: frozenset[str]) -> Iterator[str]:
-    # each boundary is a non-alphanumeric character; prefixes are tried from
-    # the longest down, so the first one found is the longest match
+    # each boundary is a separator; prefixes are tried from the longest down,
+    # so the first one found is the longest match
     for end in range(len(name) - 1, 0, -1):
-        if not name[end].isalnum() and name[:end] in stems:
+        if _is_separator(name[end]) and name[:end] in stems:
             yield name[:end]
 
 

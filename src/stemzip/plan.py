@@ -76,6 +76,14 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
         log.info("%d data files belong to stems the filters leave out", left_out)
     members_by_stem = {s: m for s, m in grouping.members.items() if s in selected}
     started = time.localtime()
+    targets = {stem: archive_path(settings, stem, started) for stem in members_by_stem}
+    if _output_inside_data(settings) is not None:
+        # with the archives among the data files, none may take in another
+        planned = set(targets.values())
+        members_by_stem = {
+            stem: [p for p in members if settings.data_directory / p not in planned]
+            for stem, members in members_by_stem.items()
+        }
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
@@ -86,17 +94,16 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
             )
             settled.append(StemResult(stem=stem, status=Status.NO_FILES))
             continue
-        target = archive_path(settings, stem, started)
-        if not settings.overwrite and target.exists():
+        target = targets[stem]
+        files = tuple(str(settings.data_directory / path) for path in members)
+        if not settings.overwrite and target.is_file():
             log.info("kept existing %s (overwrite is off)", target)
-            settled.append(
-                StemResult(stem=stem, status=Status.SKIPPED, zip_file_path=str(target))
-            )
+            settled.append(StemResult(stem, Status.SKIPPED, str(target), files))
             continue
         jobs.append(
             StemJob(
                 stem=stem,
-                files=tuple(str(settings.data_directory / path) for path in members),
+                files=files,
                 archive_path=str(target),
                 options=settings.archive,
                 arcnames=tuple(members) if settings.recursive else (),

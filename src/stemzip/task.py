@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
@@ -132,16 +134,32 @@ def zip_by_stem(
     return sorted(results, key=lambda result: result.stem)
 
 
+def _report_name(stem: str) -> str:
+    name = f"{stem}.error.json"
+    if len(os.fsencode(name)) <= 255:
+        return name
+    # a stem near the file name limit still gets a report, under a short name
+    digest = hashlib.sha1(os.fsencode(stem)).hexdigest()[:12]
+    return f"{stem[:64]}-{digest}.error.json"
+
+
 def write_error_reports(results: Sequence[StemResult], folder: Path) -> list[Path]:
-    """Write one JSON report per failed stem into ``folder``; return their paths."""
+    """Write one JSON report per failed stem into ``folder``; return their paths.
+
+    A report that cannot be written is logged and skipped, never raised.
+    """
     written = []
     for result in results:
         if result.status is not Status.FAILED:
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{result.stem}.error.json"
+        path = folder / _report_name(result.stem)
         report = result.to_dict() | {"traceback": result.traceback}
-        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            log.error("no error report for %r: %s", result.stem, exc)
+            continue
         written.append(path)
     return written
 
