@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from stemzip.errors import ConfigError, UnsafeArchiveError
+from stemzip.legacy import ZipUtilities
+
+from .conftest import archive_contents, crc_of
+
+
+def _campaign(root: Path) -> dict[str, Any]:
+    runs = root / "runs"
+    (runs / "output").mkdir(parents=True)
+    for stem in ["run1", "run10"]:
+        (runs / f"{stem}.yml").write_text("x")
+    (runs / "run2.yaml").write_text("x")
+    for name in ["run1_a.csv", "run1_b.csv", "run10_a.csv", "run2_a.csv"]:
+        (runs / "output" / name).write_text(name)
+    return {
+        "basename": "zip_utilities",
+        "analysis_settings": {"flag": True, "by": "stem"},
+        "Analysis": {"analysis_root_folder": str(root), "result_folder": "results"},
+        "file_management": {
+            "input_directory": "runs",
+            "filename": {"extension": ["yml", "yaml"]},
+        },
+        "analysis": {
+            "input_directory": "runs/output",
+            "filename": {"extension": ["csv"]},
+        },
+        "parallel_processing": {"enabled": True, "max_workers": 2},
+    }
+
+
+def test_router_zips_every_stem_extension_into_the_result_folder(
+    tmp_path: Path,
+) -> None:
+    cfg = _campaign(tmp_path)
+
+    returned = ZipUtilities().router(cfg)
+
+    assert returned is cfg
+    entries = cfg["zip_utilities"]
+    assert [(e["stem"], e["status"]) for e in entries] == [
+        ("run1", "zipped"),
+        ("run10", "zipped"),
+        ("run2", "zipped"),
+    ]
+    results = tmp_path / "results"
+    assert entries[0]["zip_file_path"] == str(results / "run1.zip")
+    assert list(archive_contents(results / "run1.zip")) == ["run1_a.csv", "run1_b.csv"]
+    assert list(archive_contents(results / "run2.zip")) == ["run2_a.csv"]
+
+
+def test_stems_from_input_files(tmp_path: Path) -> None:
+    cfg = _campaign(tmp_path)
+    cfg["file_management"] = {
+        "filename": {"extension": ["yml"]},
+        "input_files": {"yml": [tmp_path / "runs" / "run10.yml"]},
+    }
+
+    ZipUtilities().zip_files_by_stem(cfg)
+
+    assert [e["stem"] for e in cfg["zip_utilities"]] == ["run10"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["run10.zip"]
+
+
+def test_zip_files(tmp_path: Path) -> None:
+    cfg = _campaign(tmp_path)
+    files = ["runs/output/run1_a.csv", "runs/output/run2_a.csv"]
+
+    path = ZipUtilities().zip_files(cfg, files, "picked")
+
+    assert path == str(tmp_path / "results" / "picked.zip")
+    assert archive_contents(Path(path)) == {
+        Path(f).name: crc_of(tmp_path / f) for f in files
+    }
+
+
+def test_router_refuses_other_steps(tmp_path: Path) -> None:
+    cfg = _campaign(tmp_path) | {"analysis_settings": {"flag": True, "by": "date"}}
+
+    with pytest.raises(ConfigError, match="by: stem"):
+        ZipUtilities().router(cfg)
+
+
+def _archive(path: Path, members: dict[str, bytes], link: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        if link is not None:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_unzip_files(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "a.zip", {"x.csv": b"1", "sub/y.csv": b"2"})
+
+    written = ZipUtilities().unzip_files(archive, tmp_path / "out")
+
+    assert sorted(written) == [
+        str(tmp_path / "out" / n) for n in ("sub/y.csv", "x.csv")
+    ]
+    assert (tmp_path / "out" / "sub" / "y.csv").read_bytes() == b"2"
+
+
+@pytest.mark.parametrize(
+    ("members", "link", "limits", "message"),
+    [
+        pytest.param({"../evil.csv": b"x"}, None, {}, "leaves the folder", id="dotdot"),
+        pytest.param(
+            {"/tmp/evil.csv": b"x"}, None, {}, "leaves the folder", id="absolute"
+        ),
+        pytest.param(
+            {"a\\..\\..\\evil": b"x"}, None, {}, "leaves the folder", id="backslash"
+        ),
+        pytest.param({"ok.csv": b"x"}, "link.csv", {}, "is a link", id="link"),
+        pytest.param(
+            {"a": b"1", "b": b"2", "c": b"3"},
+            None,
+            {"max_unzip_members": 2},
+            "4 members is over the limit of 2",
+            id="members",
+        ),
+        pytest.param(
+            {"big": b"x" * 1000},
+            None,
+            {"max_unzip_bytes": 999},
+            "1002 bytes declared is over the limit of 999",
+            id="bytes",
+        ),
+    ],
+)
+def test_unzip_files_refuses_unsafe_archives(
+    tmp_path: Path,
+    members: dict[str, bytes],
+    link: str | None,
+    limits: dict[str, int],
+    message: str,
+) -> None:
+    archive = _archive(tmp_path / "a.zip", {"first.csv": b"ok", **members}, link)
+
+    with pytest.raises(UnsafeArchiveError, match=message):
+        ZipUtilities(**limits).unzip_files(archive, tmp_path / "out")
+
+    assert not (tmp_path / "out").exists(), "nothing is written"
+    assert not (tmp_path / "evil.csv").exists()
+
+
+def test_unzip_files_will_not_follow_a_link_out(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(tmp_path / "elsewhere")
+    archive = _archive(tmp_path / "a.zip", {"sub/x.csv": b"1"})
+
+    with pytest.raises(UnsafeArchiveError, match="outside"):
+        ZipUtilities().unzip_files(archive, tmp_path / "out")
+
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+OLD_STYLE = """\
+meta:
+  basename: zip_utilities
+analysis_settings:
+  flag: true
+  by: stem
+file_management:
+  flag: true
+  input_directory: runs
+  filename:
+    extension: [yml]
+    filters: {contains: [], not_contains: []}
+analysis:
+  input_directory: runs/output
+  filename:
+    extension: [csv]
+parallel_processing:
+  enabled: true
+  max_workers: auto
+default:
+  config:
+    overwrite:
+      output: true
+"""
+
+
+def test_old_style_file_runs_unchanged(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    _campaign(project)
+    (project / "zip.yml").write_text(OLD_STYLE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("stemzip-legacy")), "../project/zip.yml"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    entries = yaml.safe_load(done.stdout)["zip_utilities"]
+    assert [(e["stem"], e["status"]) for e in entries] == [
+        ("run1", "zipped"),
+        ("run10", "zipped"),
+    ]
+    output = project / "runs" / "output"
+    assert list(archive_contents(output / "run1.zip")) == ["run1_a.csv", "run1_b.csv"]
+    assert not list(elsewhere.iterdir())
+
+
+def test_old_style_file_with_a_missing_folder_exits_two(tmp_path: Path) -> None:
+    (tmp_path / "zip.yml").write_text(OLD_STYLE)
+
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("stemzip-legacy")),
+            str(tmp_path / "zip.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert "file_management.input_directory 'runs' does not exist" in done.stderr
