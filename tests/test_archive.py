@@ -393,3 +393,20 @@ def test_stem_near_the_name_limit(tmp_path: Path) -> None:
 
     assert result.status is Status.ZIPPED, result.error
     assert archive_contents(tmp_path / f"{stem}.zip") == {source.name: crc_of(source)}
+
+
+def test_in_memory_and_on_disk_assembly_write_the_same_bytes(
+    tmp_path: Path, sources: list[Path]
+) -> None:
+    total = sum(p.stat().st_size for p in sources)
+
+    write_archive(
+        tmp_path / "memory.zip", _named(sources), ArchiveOptions(), None, total
+    )
+    write_archive(
+        tmp_path / "disk.zip", _named(sources), ArchiveOptions(), None, 1 << 40
+    )
+
+    assert (tmp_path / "memory.zip").read_bytes() == (
+        tmp_path / "disk.zip"
+    ).read_bytes()

@@ -17,6 +17,7 @@ from pytest_mock import MockerFixture
 
 from stemzip.archive import StemJob
 from stemzip.cluster import DaskStemExecutor
+from stemzip.config import RunSettings
 from stemzip.executors import (
     ProcessPoolStemExecutor,
     SequentialStemExecutor,
@@ -24,6 +25,7 @@ from stemzip.executors import (
     ThreadPoolStemExecutor,
     _batches,
 )
+from stemzip.plan import plan_run
 from stemzip.results import Status
 
 from .conftest import archive_contents, crc_of
@@ -271,11 +273,23 @@ def test_batches_cover_every_job_largest_first(
 
 
 def test_large_stems_are_sent_first(tmp_path: Path) -> None:
-    jobs = _jobs(tmp_path, ["small", "big", "mid"])
-    Path(jobs[1].files[0]).write_text("x" * 100_000)
-    Path(jobs[2].files[0]).write_text("x" * 10_000)
+    jobs = [
+        StemJob(stem=stem, files=(), archive_path=str(tmp_path / stem), size=size)
+        for stem, size in [("small", 10), ("big", 100_000), ("mid", 10_000)]
+    ]
 
     assert [b[0].stem for b in _batches(jobs, 2)] == ["big", "mid", "small"]
+
+
+def test_plan_records_each_stems_bytes(run_tree: Callable[..., RunSettings]) -> None:
+    settings = run_tree(
+        ["a", "b"], {"a_1.csv": "x" * 10, "a_2.csv": "y" * 5, "b_1.csv": ""}
+    )
+
+    assert [(job.stem, job.size) for job in plan_run(settings).jobs] == [
+        ("a", 15),
+        ("b", 0),
+    ]
 
 
 def test_bad_start_method_is_refused() -> None:

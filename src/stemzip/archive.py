@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import io
 import logging
 import lzma
 import os
@@ -59,6 +60,8 @@ _LEVELS: dict[str, tuple[int, int, int]] = {
     "bzip2": (1, 9, 9),
 }
 _CHUNK = 1 << 20  # bytes read and compressed at a time; bounds memory per member
+# sources up to this many bytes are archived in memory, then written at once
+_IN_MEMORY = 4 << 20
 
 
 class _Compressor(Protocol):
@@ -181,20 +184,14 @@ class StemJob:
     options: ArchiveOptions = field(default_factory=ArchiveOptions)
     # member names, relative with forward slashes; empty means the file names
     arcnames: tuple[str, ...] = ()
+    # bytes of the sources when planned; orders the work and picks where the
+    # archive is assembled
+    size: int = 0
 
-    def members(self) -> list[tuple[Path, str]]:
-        """Each source with the name it is stored under."""
-        names = self.arcnames or tuple(Path(f).name for f in self.files)
-        return [(Path(f), name) for f, name in zip(self.files, names, strict=True)]
-
-    @property
-    def size(self) -> int:
-        """Bytes of input as listed when planned (0 for vanished files)."""
-        total = 0
-        for name in self.files:
-            with contextlib.suppress(OSError):
-                total += os.stat(name).st_size
-        return total
+    def members(self) -> list[tuple[str, str]]:
+        """Each source path with the name it is stored under."""
+        names = self.arcnames or tuple(os.path.basename(f) for f in self.files)
+        return list(zip(self.files, names, strict=True))
 
 
 def _open_member(
@@ -210,16 +207,18 @@ def _open_member(
     return writer
 
 
-def _open_regular(source: Path) -> tuple[BinaryIO, os.stat_result]:
+def _open_regular(source: str) -> tuple[io.FileIO, os.stat_result]:
     # O_NONBLOCK: a source swapped for a FIFO since planning must not block
     # the open for ever; it is refused below, like any other non-file
     fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            raise SourceChangedError(f"{source.name!r} is no longer a regular file")
+            name = os.path.basename(source)
+            raise SourceChangedError(f"{name!r} is no longer a regular file")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb"), status
+        # unbuffered: chunks are read straight into the caller's buffer
+        return os.fdopen(fd, "rb", buffering=0), status
     except BaseException:
         os.close(fd)
         raise
@@ -240,7 +239,7 @@ def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
 
 def _add_member(
     archive: zipfile.ZipFile,
-    source: Path,
+    source: str,
     arcname: str,
     options: ArchiveOptions,
     deadline: float | None,
@@ -248,9 +247,13 @@ def _add_member(
     reader, before = _open_regular(source)
     info = _zip_info(arcname, before)
     info.compress_type = COMPRESSION_METHODS[options.compression]
+    # one byte over the size lets the read that finds the end fit, and keeps
+    # small files from paying for a whole chunk's allocation
+    buffer = bytearray(min(_CHUNK, before.st_size + 1))
+    view = memoryview(buffer)
     with reader, _open_member(archive, info, options) as writer:
-        while chunk := reader.read(_CHUNK):
-            writer.write(chunk)
+        while count := reader.readinto(buffer):
+            writer.write(view[:count])
             if deadline is not None and time.monotonic() > deadline:
                 raise StemTimeoutError("time limit reached")
         after = os.fstat(reader.fileno())
@@ -258,11 +261,11 @@ def _add_member(
         info.file_size != before.st_size
     ):
         raise SourceChangedError(
-            f"{source.name!r} changed while it was being archived "
+            f"{os.path.basename(source)!r} changed while it was being archived "
             f"({before.st_size} bytes before, {info.file_size} read, "
             f"{after.st_size} after); rerun once it is complete"
         )
-    log.debug("added %r (%d bytes)", source.name, info.file_size)
+    log.debug("added %r (%d bytes)", arcname, info.file_size)
     return info.file_size
 
 
@@ -356,30 +359,48 @@ def verify_archive(path: Path, expected: dict[str, int]) -> None:
         raise ArchiveVerificationError(f"{path.name}: member {bad!r} fails its CRC")
 
 
+def _create(path: Path) -> BinaryIO:
+    try:
+        return path.open("xb")
+    except FileNotFoundError:  # a subfolder of the archive name, made on demand
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("xb")
+
+
 def write_archive(
     target: Path,
-    members: Sequence[tuple[Path, str]],
+    members: Sequence[tuple[str | Path, str]],
     options: ArchiveOptions,
     deadline: float | None = None,
+    size_hint: int = _IN_MEMORY + 1,
 ) -> int:
     """Write ``members`` (source, name) into a new ZIP at ``target``.
 
     Returns the bytes read. The archive is built under a hidden temporary name
     beside ``target``, verified there when ``options.verify`` is set, and
     renamed over ``target`` only once complete, so ``target`` is never seen
-    truncated and a previous archive survives any failure. Raises what reading,
+    truncated and a previous archive survives any failure. ``size_hint``, the
+    sources' total bytes when known, lets a small archive be assembled in
+    memory. Raises what reading,
     writing or verifying raised, after removing the temporary file; raises
     :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_path(target)
     sizes: dict[str, int] = {}
     try:
-        with temporary.open("xb") as raw:
+        with _create(temporary) as raw:
             _lock(raw)
-            with zipfile.ZipFile(raw, "w", allowZip64=True) as archive:
+            # a small archive is assembled in memory and written at once:
+            # zipfile seeks and writes several times per member, and on many
+            # small stems those system calls cost more than the compression
+            memory = io.BytesIO() if size_hint <= _IN_MEMORY else None
+            with zipfile.ZipFile(memory or raw, "w", allowZip64=True) as archive:
                 for source, name in members:
-                    sizes[name] = _add_member(archive, source, name, options, deadline)
+                    sizes[name] = _add_member(
+                        archive, os.fspath(source), name, options, deadline
+                    )
+            if memory is not None:
+                raw.write(memory.getbuffer())
             if options.fsync:
                 raw.flush()
                 os.fsync(raw.fileno())
@@ -397,7 +418,7 @@ def _dispose_sources(job: StemJob) -> None:
     """Delete or move a stem's sources once its verified archive is in place."""
     if job.options.after == "delete":
         for source, _ in job.members():
-            source.unlink()
+            os.unlink(source)
         log.info("deleted %d sources of %r", len(job.files), job.stem)
     elif job.options.after == "move":
         assert job.options.move_to is not None
@@ -472,7 +493,9 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
     started = time.perf_counter()
     try:
         with _time_limit(timeout, job.stem) as deadline:
-            bytes_in = write_archive(target, job.members(), job.options, deadline)
+            bytes_in = write_archive(
+                target, job.members(), job.options, deadline, job.size
+            )
         bytes_out = target.stat().st_size
     except Exception as exc:
         return _failure(job, exc, None, started)

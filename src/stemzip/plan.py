@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ def _output_inside_data(settings: RunSettings) -> Path | None:
     return output if output.is_relative_to(settings.data_directory) else None
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:  # gone since it was listed: its stem will say so
+        return 0
+
+
 def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     """Group the data files by stem and decide what each stem needs.
 
@@ -87,6 +95,8 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
+    # plain strings: Path objects cost more than the rest of planning here
+    prefix = f"{settings.data_directory}{os.sep}"
     for stem, members in members_by_stem.items():
         if not members:
             log.warning(
@@ -95,7 +105,7 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
             settled.append(StemResult(stem=stem, status=Status.NO_FILES))
             continue
         target = targets[stem]
-        files = tuple(str(settings.data_directory / path) for path in members)
+        files = tuple(prefix + path for path in members)
         if not settings.overwrite and target.is_file():
             log.info("kept existing %s (overwrite is off)", target)
             settled.append(StemResult(stem, Status.SKIPPED, str(target), files))
@@ -107,6 +117,7 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
                 archive_path=str(target),
                 options=settings.archive,
                 arcnames=tuple(members) if settings.recursive else (),
+                size=sum(_size(path) for path in files),
             )
         )
 

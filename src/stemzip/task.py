@@ -127,7 +127,9 @@ def zip_by_stem(
         ]
         return sorted(planned + plan.settled, key=lambda result: result.stem)
     if plan.jobs:
-        _prepare_output(settings.output_directory)
+        # archive names may hold subfolders ({date}/{stem}.zip)
+        for folder in {Path(job.archive_path).parent for job in plan.jobs}:
+            _prepare_output(folder)
         remove_partial_files(plan.jobs)
 
     results = executor.run(plan.jobs) + plan.settled
