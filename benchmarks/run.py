@@ -129,30 +129,40 @@ def _archive_totals(out: Path) -> tuple[int, int]:
     return len(sizes), sum(sizes)
 
 
-def measure(
-    name: str, tool: Tool, root: Path, work: Path, set_name: str, repeat: int
-) -> Measurement:
-    """Run ``tool`` on ``root`` ``repeat`` times; stop at the first failure.
+def _run_once(result: Measurement, tool: Tool, root: Path, work: Path) -> None:
+    """Run ``tool`` once into emptied folders and record the time or failure.
 
-    The last run's archives stay in ``work/out/<set>/<tool>`` and its scratch
-    folder (stemzip's Hydra log and results.yaml) in ``work/scratch/...``.
+    The archives stay in ``work/out/<set>/<tool>`` and the scratch folder
+    (stemzip's Hydra log and results.yaml) in ``work/scratch/...``.
     """
-    result = Measurement(set_name, name)
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    out = work / "out" / set_name / slug
-    for _ in range(repeat):
-        scratch = _empty(work / "scratch" / set_name / slug)
-        _empty(out)
-        started = time.perf_counter()
-        try:
-            tool(root, out, scratch)
-        except ToolFailed as exc:
-            result.error = str(exc)
-            break
-        finally:
-            result.runs.append(time.perf_counter() - started)
+    slug = re.sub(r"[^a-z0-9]+", "-", result.tool.lower()).strip("-")
+    out = _empty(work / "out" / result.set_name / slug)
+    scratch = _empty(work / "scratch" / result.set_name / slug)
+    started = time.perf_counter()
+    try:
+        tool(root, out, scratch)
+    except ToolFailed as exc:
+        result.error = str(exc)
+    finally:
+        result.runs.append(time.perf_counter() - started)
     result.archives, result.archive_bytes = _archive_totals(out)
-    return result
+
+
+def measure(
+    tools: list[tuple[str, Tool]], root: Path, work: Path, set_name: str, repeat: int
+) -> list[Measurement]:
+    """Run every tool on ``root`` ``repeat`` times, taking turns.
+
+    Turns, not one tool's runs in a row: a machine that gets busier or quieter
+    during the set then weighs on every tool alike. A tool that fails is not
+    run again.
+    """
+    results = [Measurement(set_name, name) for name, _ in tools]
+    for _ in range(repeat):
+        for result, (_, tool) in zip(results, tools, strict=True):
+            if result.error is None:
+                _run_once(result, tool, root, work)
+    return results
 
 
 def measure_help(work: Path, repeat: int) -> Measurement:
@@ -161,7 +171,8 @@ def measure_help(work: Path, repeat: int) -> Measurement:
     def show_help(root: Path, out: Path, scratch: Path) -> None:
         _call([str(stemzip_script()), "--help"], cwd=scratch)
 
-    return measure("stemzip --help", show_help, work, work, "help", repeat)
+    (result,) = measure([("stemzip --help", show_help)], work, work, "help", repeat)
+    return result
 
 
 def tools_for(set_name: str) -> list[tuple[str, Tool]]:
@@ -334,10 +345,9 @@ def measure_sets(
         print(
             f"{spec.name}: data {'cached' if seconds is None else f'{seconds:.1f} s'}"
         )
-        for name, tool in tools_for(spec.name):
-            item = measure(name, tool, root, work, spec.name, repeat)
-            table[spec.name, name] = item
-            print(f"  {name:<18} {_seconds(item.seconds):>8} s", flush=True)
+        for item in measure(tools_for(spec.name), root, work, spec.name, repeat):
+            table[spec.name, item.tool] = item
+            print(f"  {item.tool:<18} {_seconds(item.seconds):>8} s", flush=True)
     _check_archive_counts(table, specs)
     return table, generation
 

@@ -207,21 +207,20 @@ def _open_member(
     return writer
 
 
-def _open_regular(source: str) -> tuple[io.FileIO, os.stat_result]:
+def _open_regular(source: str) -> tuple[int, os.stat_result]:
     # O_NONBLOCK: a source swapped for a FIFO since planning must not block
-    # the open for ever; it is refused below, like any other non-file
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+    # the open for ever; it is refused below, like any other non-file (reads
+    # of a regular file ignore the flag)
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             name = os.path.basename(source)
             raise SourceChangedError(f"{name!r} is no longer a regular file")
-        os.set_blocking(fd, True)
-        # unbuffered: chunks are read straight into the caller's buffer
-        return os.fdopen(fd, "rb", buffering=0), status
     except BaseException:
         os.close(fd)
         raise
+    return fd, status
 
 
 def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
@@ -244,19 +243,21 @@ def _add_member(
     options: ArchiveOptions,
     deadline: float | None,
 ) -> int:
-    reader, before = _open_regular(source)
+    fd, before = _open_regular(source)
     info = _zip_info(arcname, before)
     info.compress_type = COMPRESSION_METHODS[options.compression]
-    # one byte over the size lets the read that finds the end fit, and keeps
-    # small files from paying for a whole chunk's allocation
-    buffer = bytearray(min(_CHUNK, before.st_size + 1))
-    view = memoryview(buffer)
-    with reader, _open_member(archive, info, options) as writer:
-        while count := reader.readinto(buffer):
-            writer.write(view[:count])
-            if deadline is not None and time.monotonic() > deadline:
-                raise StemTimeoutError("time limit reached")
-        after = os.fstat(reader.fileno())
+    # one byte over the size lets the read that finds the end come at once,
+    # and keeps small files from paying for a whole chunk
+    size = min(_CHUNK, before.st_size + 1)
+    try:
+        with _open_member(archive, info, options) as writer:
+            while chunk := os.read(fd, size):
+                writer.write(chunk)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise StemTimeoutError("time limit reached")
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
         info.file_size != before.st_size
     ):
@@ -359,12 +360,13 @@ def verify_archive(path: Path, expected: dict[str, int]) -> None:
         raise ArchiveVerificationError(f"{path.name}: member {bad!r} fails its CRC")
 
 
-def _create(path: Path) -> BinaryIO:
+def _create(path: Path) -> io.FileIO:
+    # unbuffered: a small archive arrives in one write, a large one in chunks
     try:
-        return path.open("xb")
+        return io.FileIO(path, "xb")
     except FileNotFoundError:  # a subfolder of the archive name, made on demand
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.open("xb")
+        return io.FileIO(path, "xb")
 
 
 def write_archive(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -119,17 +120,18 @@ def find_stems(
     return selected, every
 
 
-def _is_separator(char: str) -> bool:
-    # a combining mark (the accent of a decomposed "é") belongs to the letter
-    # before it, so it never ends a stem
-    return not char.isalnum() and not unicodedata.category(char).startswith("M")
+# every character that is not a letter or digit may end a stem
+_SEPARATOR = re.compile(r"[\W_]")
 
 
 def _fitting(name: str, stems: frozenset[str]) -> Iterator[str]:
-    # each boundary is a separator; prefixes are tried from the longest down,
-    # so the first one found is the longest match
-    for end in range(len(name) - 1, 0, -1):
-        if _is_separator(name[end]) and name[:end] in stems:
+    # prefixes are tried from the longest down, so the first one found is the
+    # longest match
+    for match in reversed(list(_SEPARATOR.finditer(name, 1))):
+        end = match.start()
+        # a combining mark (the accent of a decomposed "é") belongs to the
+        # letter before it, so it never ends a stem
+        if name[:end] in stems and not unicodedata.category(name[end]).startswith("M"):
             yield name[:end]
 
 
