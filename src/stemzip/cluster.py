@@ -37,22 +37,8 @@ class DaskStemExecutor(_PooledStemExecutor):
 
     name = "dask"
 
-    def __init__(
-        self,
-        enabled: Any = True,
-        max_workers: Any = "auto",
-        timeout_per_file: float | None = None,
-        save_error_reports: bool = False,
-        progress_reporting: bool = False,
-        address: str | None = None,
-    ) -> None:
-        super().__init__(
-            enabled,
-            max_workers,
-            timeout_per_file,
-            save_error_reports,
-            progress_reporting,
-        )
+    def __init__(self, address: str | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
         try:
             import distributed  # noqa: F401
         except ImportError as exc:

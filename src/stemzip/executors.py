@@ -23,11 +23,8 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     as_completed,
 )
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
-
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from stemzip.archive import StemJob, log_result, remove_partial_files, zip_stem
 from stemzip.errors import ConfigError
@@ -127,19 +124,24 @@ class StemExecutor(ABC):
 
     @contextmanager
     def _progress(self, total: int) -> Iterator[Report]:
-        shown = self.progress_reporting and sys.stderr.isatty()
-        # while the bar is drawn, console log lines are written above it
-        redirect = logging_redirect_tqdm() if shown else nullcontext()
+        if not (self.progress_reporting and sys.stderr.isatty()):
+            yield _ignore
+            return
+        # imported here: tqdm costs every start of the command otherwise
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        size = _terminal_size()
+        # while the bar is drawn, console log lines are written above it;
+        # a terminal that reports no size (0 by 0) still gets a bar
         with (
-            redirect,
+            logging_redirect_tqdm(),
             tqdm(
                 total=total,
                 unit="stem",
-                disable=not shown,
                 file=sys.stderr,
-                # a terminal that reports no size (0 by 0) still gets a bar
-                ncols=_terminal_size().columns,
-                nrows=_terminal_size().lines,
+                ncols=size.columns,
+                nrows=size.lines,
             ) as bar,
         ):
             done_bytes = 0
@@ -152,6 +154,10 @@ class StemExecutor(ABC):
                 bar.update(1)
 
             yield advance
+
+
+def _ignore(result: StemResult) -> None:
+    """A progress report that shows nothing."""
 
 
 def run_in_process(
@@ -328,22 +334,8 @@ class ProcessPoolStemExecutor(_PooledStemExecutor):
 
     name = "parallel"
 
-    def __init__(
-        self,
-        enabled: Any = True,
-        max_workers: Any = "auto",
-        timeout_per_file: float | None = None,
-        save_error_reports: bool = False,
-        progress_reporting: bool = False,
-        start_method: str | None = None,
-    ) -> None:
-        super().__init__(
-            enabled,
-            max_workers,
-            timeout_per_file,
-            save_error_reports,
-            progress_reporting,
-        )
+    def __init__(self, start_method: str | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
         self.start_method = _check_start_method(start_method)
 
     def _pool_name(self, workers: int) -> str:
