@@ -24,10 +24,11 @@ SUMMARY_FILE = "summary.md"
 _COLUMNS = ("job", "overrides", "seconds", "archives", "failed", "MB in", "MB out")
 
 
-def _row(job: str, stats: dict[str, Any]) -> tuple[str, ...]:
+def _row(job: str, stats: dict[str, Any], common: set[str]) -> tuple[str, ...]:
+    varied = [o for o in stats.get("overrides", []) if o not in common]
     return (
         job,
-        " ".join(stats.get("overrides", [])) or "(none)",
+        " ".join(varied) or "(none)",
         f"{stats.get('seconds', 0):.2f}",
         str(stats.get("archives", 0)),
         str(stats.get("failed", 0)),
@@ -37,16 +38,22 @@ def _row(job: str, stats: dict[str, Any]) -> tuple[str, ...]:
 
 
 def summary_table(sweep_dir: Path) -> str:
-    """A Markdown table of the ``stats.json`` files of a sweep's jobs."""
-    rows = []
-    for stats_file in sorted(
+    """A Markdown table of the ``stats.json`` files of a sweep's jobs.
+
+    Overrides that every job shares are listed once above the table; each
+    row shows the ones that set its job apart.
+    """
+    files = sorted(
         sweep_dir.glob(f"*/{STATS_FILE}"), key=lambda p: (len(p.parent.name), p)
-    ):
-        rows.append(_row(stats_file.parent.name, json.loads(stats_file.read_text())))
-    lines = [
+    )
+    jobs = [(path.parent.name, json.loads(path.read_text())) for path in files]
+    overrides = [set(stats.get("overrides", [])) for _, stats in jobs]
+    common = set.intersection(*overrides) if len(overrides) > 1 else set()
+    lines = [f"every job: {' '.join(sorted(common))}", ""] if common else []
+    lines += [
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),
-        *("| " + " | ".join(row) + " |" for row in rows),
+        *("| " + " | ".join(_row(job, stats, common)) + " |" for job, stats in jobs),
     ]
     return "\n".join(lines) + "\n"
 
