@@ -138,6 +138,10 @@ def _run_once(result: Measurement, tool: Tool, root: Path, work: Path) -> None:
     slug = re.sub(r"[^a-z0-9]+", "-", result.tool.lower()).strip("-")
     out = _empty(work / "out" / result.set_name / slug)
     scratch = _empty(work / "scratch" / result.set_name / slug)
+    # the deletions just made are flushed now, not charged to the next tool:
+    # a file system still discarding 10,000 freed files creates new ones
+    # several times slower, which would swamp the fast tools' times
+    os.sync()
     started = time.perf_counter()
     try:
         tool(root, out, scratch)
