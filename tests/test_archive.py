@@ -410,3 +410,18 @@ def test_in_memory_and_on_disk_assembly_write_the_same_bytes(
     assert (tmp_path / "memory.zip").read_bytes() == (
         tmp_path / "disk.zip"
     ).read_bytes()
+
+
+def test_file_grown_past_the_planned_size_is_not_taken_into_memory(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "run1_a.csv"
+    with source.open("wb") as sparse:
+        sparse.truncate(64 << 20)  # planned as a few bytes, now 64 MiB
+    job = StemJob("run1", (str(source),), str(tmp_path / "run1.zip"), size=10)
+
+    result = zip_stem(job)
+
+    assert result.status is Status.FAILED
+    assert "grew to 67108864 bytes since the run was planned" in str(result.error)
+    assert not (tmp_path / "run1.zip").exists()

@@ -35,7 +35,7 @@ isal_zlib: Any
 fcntl: Any
 try:
     import fcntl
-except ImportError:  # not on Windows: partial files are then never removed
+except ImportError:  # POSIX only; without it partial files are never removed
     fcntl = None
 
 try:
@@ -184,9 +184,9 @@ class StemJob:
     options: ArchiveOptions = field(default_factory=ArchiveOptions)
     # member names, relative with forward slashes; empty means the file names
     arcnames: tuple[str, ...] = ()
-    # bytes of the sources when planned; orders the work and picks where the
-    # archive is assembled
-    size: int = 0
+    # bytes of the sources when planned (None: not known); orders the work,
+    # and lets a small archive be assembled in memory
+    size: int | None = None
 
     def members(self) -> list[tuple[str, str]]:
         """Each source path with the name it is stored under."""
@@ -242,8 +242,15 @@ def _add_member(
     arcname: str,
     options: ArchiveOptions,
     deadline: float | None,
+    in_memory: bool = False,
 ) -> int:
     fd, before = _open_regular(source)
+    if in_memory and before.st_size > _IN_MEMORY:
+        os.close(fd)
+        raise SourceChangedError(
+            f"{os.path.basename(source)!r} grew to {before.st_size} bytes since the "
+            "run was planned; rerun once it is complete"
+        )
     info = _zip_info(arcname, before)
     info.compress_type = COMPRESSION_METHODS[options.compression]
     # one byte over the size lets the read that finds the end come at once,
@@ -374,7 +381,7 @@ def write_archive(
     members: Sequence[tuple[str | Path, str]],
     options: ArchiveOptions,
     deadline: float | None = None,
-    size_hint: int = _IN_MEMORY + 1,
+    size_hint: int | None = None,
 ) -> int:
     """Write ``members`` (source, name) into a new ZIP at ``target``.
 
@@ -395,11 +402,12 @@ def write_archive(
             # a small archive is assembled in memory and written at once:
             # zipfile seeks and writes several times per member, and on many
             # small stems those system calls cost more than the compression
-            memory = io.BytesIO() if size_hint <= _IN_MEMORY else None
+            small = size_hint is not None and size_hint <= _IN_MEMORY
+            memory = io.BytesIO() if small else None
             with zipfile.ZipFile(memory or raw, "w", allowZip64=True) as archive:
                 for source, name in members:
                     sizes[name] = _add_member(
-                        archive, os.fspath(source), name, options, deadline
+                        archive, os.fspath(source), name, options, deadline, small
                     )
             if memory is not None:
                 raw.write(memory.getbuffer())

@@ -46,8 +46,8 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-# longest time limit taken, in seconds (a year); the alarm timer overflows
-# not far above
+# longest time limit taken, in seconds: a year. Longer ones are typos, and
+# infinite or huge ones overflow the alarm timer
 _MAX_TIMEOUT = 365 * 24 * 3600
 
 
@@ -211,7 +211,7 @@ def _check_start_method(value: str | None) -> str | None:
 
 def _batches(jobs: Sequence[StemJob], workers: int) -> list[list[StemJob]]:
     # largest stems first, so the last worker does not finish alone on one
-    ordered = sorted(jobs, key=lambda job: job.size, reverse=True)
+    ordered = sorted(jobs, key=lambda job: job.size or 0, reverse=True)
     size = max(1, min(_MAX_BATCH, len(ordered) // (workers * _BATCHES_PER_WORKER)))
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
