@@ -27,8 +27,8 @@ from omegaconf import OmegaConf
 from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
 from stemzip.config import load_settings
 from stemzip.errors import ConfigError, StemzipError, UnsafeArchiveError
-from stemzip.results import Status
-from stemzip.task import build_executor, summarise, zip_by_stem
+from stemzip.results import Status, summarise
+from stemzip.task import build_executor, zip_by_stem
 
 log = logging.getLogger(__name__)
 

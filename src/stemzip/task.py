@@ -23,16 +23,6 @@ from stemzip.executors import StemExecutor
 from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status, StemResult, summarise
 
-__all__ = [
-    "base_directory",
-    "build_executor",
-    "execute",
-    "run",
-    "summarise",
-    "write_error_reports",
-    "zip_by_stem",
-]
-
 log = logging.getLogger(__name__)
 
 
