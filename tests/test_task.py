@@ -289,3 +289,18 @@ def test_plain_dict_values_are_checked(
 
     with pytest.raises(ConfigError, match=message):
         run(cfg)
+
+
+def test_names_that_look_like_interpolations_read_back_literally(
+    tmp_path: Path,
+) -> None:
+    cfg = _config(tmp_path)
+    (tmp_path / "data" / "run2_${oops}.csv").write_text("x")
+
+    run(cfg)
+
+    (entry,) = [e for e in cfg.zip_utilities if e.stem == "run2"]
+    assert entry.files[0] == str(tmp_path / "data" / "run2_${oops}.csv")
+    resolved = OmegaConf.to_container(cfg.zip_utilities, resolve=True)
+    assert str(tmp_path / "data" / "run2_${oops}.csv") in resolved[3]["files"]
+    assert list(archive_contents(Path(entry.zip_file_path))) == ["run2_${oops}.csv"]

@@ -162,12 +162,24 @@ def _report_folder(settings: RunSettings) -> Path:
     return settings.output_directory / "errors"
 
 
+def _literal(value: Any) -> Any:
+    # in a DictConfig "${...}" is an interpolation; a file named so must read
+    # back as its name, so the dollar is escaped
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _literal(item) for name, item in value.items()}
+    return value
+
+
 def _store_results(
     cfg: DictConfig | MutableMapping[str, Any], key: str, entries: list[dict[str, Any]]
 ) -> None:
     if isinstance(cfg, DictConfig):
         with open_dict(cfg):
-            cfg[key] = entries
+            cfg[key] = _literal(entries)
     else:
         cfg[key] = entries
 
