@@ -19,7 +19,12 @@ from stemzip.archive import (
     write_archive,
     zip_stem,
 )
-from stemzip.errors import ArchiveVerificationError, ConfigError, SourceChangedError
+from stemzip.errors import (
+    ArchiveVerificationError,
+    ConfigError,
+    NotAnArchiveError,
+    SourceChangedError,
+)
 from stemzip.results import Status
 
 from .conftest import archive_contents, crc_of
@@ -425,3 +430,17 @@ def test_file_grown_past_the_planned_size_is_not_taken_into_memory(
     assert result.status is Status.FAILED
     assert "grew to 67108864 bytes since the run was planned" in str(result.error)
     assert not (tmp_path / "run1.zip").exists()
+
+
+def test_only_archives_are_replaced(tmp_path: Path, sources: list[Path]) -> None:
+    data_file = tmp_path / "run1_forces.csv"
+    data_file.write_text("precious results")
+    old_archive = tmp_path / "run1.zip"
+    write_archive(old_archive, _named(sources[:1]), ArchiveOptions())
+
+    with pytest.raises(NotAnArchiveError, match="is not a ZIP archive"):
+        write_archive(data_file, _named(sources), ArchiveOptions())
+    write_archive(old_archive, _named(sources), ArchiveOptions())
+
+    assert data_file.read_text() == "precious results"
+    assert list(archive_contents(old_archive)) == [p.name for p in sources]

@@ -239,6 +239,9 @@ def test_nothing_is_created_while_checking(tmp_path: Path) -> None:
             {"name": "/tmp/{stem}.zip"}, "inside the output folder", id="absolute"
         ),
         pytest.param({"name": "{stem"}, "not a valid template", id="broken"),
+        pytest.param({"name": "{stem:.3}.zip"}, "no format spec", id="spec"),
+        pytest.param({"name": "{stem!r}.zip"}, "no format spec", id="conversion"),
+        pytest.param({"name": "{date:%Y}{stem}.zip"}, "no format spec", id="date-spec"),
         pytest.param(
             {"after": "move"}, "archive.move_to is not set", id="move-nowhere"
         ),

@@ -18,6 +18,7 @@ from pytest_mock import MockerFixture
 from stemzip.archive import StemJob
 from stemzip.cluster import DaskStemExecutor
 from stemzip.config import RunSettings
+from stemzip.errors import SchedulerUnreachableError
 from stemzip.executors import (
     ProcessPoolStemExecutor,
     SequentialStemExecutor,
@@ -314,3 +315,17 @@ def test_impossible_time_limits_are_refused(value: object) -> None:
 def test_flags_must_be_booleans(key: str) -> None:
     with pytest.raises(ValueError, match=f"{key} must be true or false, got 'no'"):
         SequentialStemExecutor(**{key: "no"})  # type: ignore[arg-type]
+
+
+def test_unreachable_scheduler_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the real connection timeout is 30 s; the refusal is the same in 2
+    monkeypatch.setattr("stemzip.cluster._CONNECT_TIMEOUT", 2)
+    jobs = _jobs(tmp_path, ["run1", "run2"])
+    executor = DaskStemExecutor(address="tcp://127.0.0.1:9")
+
+    with pytest.raises(SchedulerUnreachableError, match="cannot be reached"):
+        executor.run(jobs)
+
+    assert not any(Path(job.archive_path).exists() for job in jobs)

@@ -163,7 +163,7 @@ def test_recursive_listing_gives_relative_paths_and_skips_output(
     (tmp_path / "linked").symlink_to(tmp_path / "Jacket")
 
     flat = list_files(tmp_path, ["csv"])
-    deep = list_files(tmp_path, ["csv"], recursive=True, skip=tmp_path / "zips")
+    deep = list_files(tmp_path, ["csv"], recursive=True, skip={tmp_path / "zips"})
 
     assert flat == ["run1_a.csv"]
     assert deep == ["Jacket/deep/run2_c.csv", "Jacket/run1_b.csv", "run1_a.csv"]

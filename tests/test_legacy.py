@@ -125,6 +125,10 @@ def test_unzip_files(tmp_path: Path) -> None:
             {"a\\..\\..\\evil": b"x"}, None, {}, "leaves the folder", id="backslash"
         ),
         pytest.param({"ok.csv": b"x"}, "link.csv", {}, "is a link", id="link"),
+        pytest.param({"./": b""}, None, {}, "empty name", id="dot"),
+        pytest.param(
+            {"d": b"1", "d/e": b"2"}, None, {}, "both a file and a folder", id="clash"
+        ),
         pytest.param(
             {"a": b"1", "b": b"2", "c": b"3"},
             None,
@@ -239,3 +243,34 @@ def test_old_style_file_with_a_missing_folder_exits_two(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert "file_management.input_directory 'runs' does not exist" in done.stderr
+
+
+def test_unzip_files_refuses_repeated_names(tmp_path: Path) -> None:
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        writer.writestr("x.csv", b"first")
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            writer.writestr("x.csv", b"second")
+
+    with pytest.raises(UnsafeArchiveError, match="same name"):
+        ZipUtilities().unzip_files(archive, tmp_path / "out")
+
+    assert not (tmp_path / "out").exists()
+
+
+def test_member_failing_its_crc_leaves_no_partial_file(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "a.zip", {"good.csv": b"1", "bad.csv": b"x" * 4000})
+    damaged = bytearray(archive.read_bytes())
+    start = damaged.index(b"bad.csv") + len(b"bad.csv")
+    damaged[start + 100] ^= 0xFF  # stored data: the CRC no longer matches
+    archive.write_bytes(bytes(damaged))
+
+    with pytest.raises(zipfile.BadZipFile):
+        ZipUtilities().unzip_files(archive, tmp_path / "out")
+
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.csv"]
+
+
+def test_negative_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="must not be negative"):
+        ZipUtilities(max_unzip_bytes=-1)

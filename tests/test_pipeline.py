@@ -23,6 +23,7 @@ PIPELINE = Path(__file__).resolve().parent.parent / "examples" / "pipeline"
             ["parallel_processing@zip_step.parallel_processing=parallel"],
             id="parallel-step",
         ),
+        pytest.param(["hydra.job.chdir=true"], id="job-in-its-own-folder"),
     ],
 )
 def test_simulate_then_zip(tmp_path: Path, overrides: list[str]) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from stemzip.archive import ArchiveOptions
 from stemzip.config import RunSettings
+from stemzip.errors import ConfigError
 from stemzip.grouping import NameFilter
 from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status
@@ -152,3 +154,56 @@ def test_dry_run_plan_names_actions_leftovers_and_contested_files(
         "1 files more than one stem could claim:",
         "    run1_x_c.csv: run1_x, run1 (goes to run1_x)",
     ]
+
+
+def test_two_stems_never_share_an_archive(run_tree: Callable[..., RunSettings]) -> None:
+    # load_settings refuses such a template; the plan checks again regardless
+    settings = run_tree(["run1", "run10"], DATA, archive_name="{stem:.3}.zip")
+
+    with pytest.raises(ConfigError, match="'run1' and 'run10' the same archive"):
+        plan_run(settings)
+
+
+def test_a_stem_cannot_lead_its_archive_out_of_the_folder(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(["..", "run1"], {"..-a.csv": "x", "run1_a.csv": "y"})
+    settings = dataclasses.replace(settings, archive_name="{stem}/all.zip")
+
+    plan = plan_run(settings)
+
+    assert [job.stem for job in plan.jobs] == ["run1"]
+    (refused,) = plan.settled
+    assert refused.stem == ".." and refused.status is Status.FAILED
+    assert "would be outside" in str(refused.error)
+
+
+def test_recursive_search_skips_the_folder_sources_are_moved_to(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(["run1"], {"run1_a.csv": "x"})
+    moved = settings.data_directory / "done"
+    moved.mkdir()
+    (moved / "run1_b.csv").write_text("moved by an earlier run")
+    options = ArchiveOptions(verify=True, after="move", move_to=str(moved))
+    settings = dataclasses.replace(settings, recursive=True, archive=options)
+
+    (job,) = plan_run(settings).jobs
+
+    assert job.arcnames == ("run1_a.csv",)
+
+
+@pytest.mark.parametrize(
+    ("after", "words"),
+    [
+        pytest.param("delete", "zip, verify, then delete the sources", id="delete"),
+        pytest.param("move", "zip, verify, then move the sources to", id="move"),
+    ],
+)
+def test_dry_run_says_what_becomes_of_the_sources(
+    run_tree: Callable[..., RunSettings], after: str, words: str
+) -> None:
+    options = ArchiveOptions(verify=True, after=after, move_to="/somewhere")
+    settings = run_tree(["run1"], DATA, archive=options, dry_run=True)
+
+    assert f"run1: {words}" in describe_plan(plan_run(settings))

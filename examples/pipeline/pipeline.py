@@ -41,7 +41,10 @@ def simulate(folder: Path, headings: list[int], channels: list[str]) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="pipeline")
 def main(cfg: DictConfig) -> None:
     settings = cfg.simulate
-    simulate(Path(settings.folder), list(settings.headings), list(settings.channels))
+    # like stemzip, resolve against the folder the app started in, even when
+    # hydra.job.chdir moves the job into its output folder
+    folder = Path(hydra.utils.to_absolute_path(settings.folder))
+    simulate(folder, list(settings.headings), list(settings.channels))
 
     (task,) = entry_points(group="stemzip.tasks", name=cfg.zip_step.basename)
     step = task.load()(cfg.zip_step)

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Protocol
 from stemzip.errors import (
     ArchiveVerificationError,
     ConfigError,
+    NotAnArchiveError,
     SourceChangedError,
     StemTimeoutError,
 )
@@ -367,6 +368,25 @@ def verify_archive(path: Path, expected: dict[str, int]) -> None:
         raise ArchiveVerificationError(f"{path.name}: member {bad!r} fails its CRC")
 
 
+# how every ZIP file starts: a local header, or the end record of an empty one
+_ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_replaceable(target: Path) -> None:
+    # an archive only ever replaces an archive: a data file that an
+    # archive.name template happens to hit is never written over
+    try:
+        with open(target, "rb") as existing:
+            head = existing.read(4)
+    except (FileNotFoundError, IsADirectoryError):
+        return  # nothing there, or a folder that the rename will refuse
+    if head not in _ZIP_SIGNATURES:
+        raise NotAnArchiveError(
+            f"{target} exists and is not a ZIP archive; stemzip replaces only "
+            "archives, so move it away or choose another archive.name"
+        )
+
+
 def _create(path: Path) -> io.FileIO:
     # unbuffered: a small archive arrives in one write, a large one in chunks
     try:
@@ -394,6 +414,7 @@ def write_archive(
     writing or verifying raised, after removing the temporary file; raises
     :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
     """
+    _check_replaceable(target)
     temporary = _temporary_path(target)
     sizes: dict[str, int] = {}
     try:

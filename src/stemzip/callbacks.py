@@ -21,7 +21,22 @@ log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.json"
 SUMMARY_FILE = "summary.md"
-_COLUMNS = ("job", "overrides", "seconds", "archives", "failed", "MB in", "MB out")
+_COLUMNS = (
+    "job",
+    "overrides",
+    "outcome",
+    "seconds",
+    "archives",
+    "failed",
+    "MB in",
+    "MB out",
+)
+
+
+def _outcome(stats: dict[str, Any]) -> str:
+    if "error" in stats:
+        return "refused"
+    return "failed stems" if stats.get("failed") else "ok"
 
 
 def _row(job: str, stats: dict[str, Any], common: set[str]) -> tuple[str, ...]:
@@ -29,6 +44,7 @@ def _row(job: str, stats: dict[str, Any], common: set[str]) -> tuple[str, ...]:
     return (
         job,
         " ".join(varied) or "(none)",
+        _outcome(stats),
         f"{stats.get('seconds', 0):.2f}",
         str(stats.get("archives", 0)),
         str(stats.get("failed", 0)),

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from stemzip.archive import StemJob
-from stemzip.errors import ConfigError
+from stemzip.errors import ConfigError, SchedulerUnreachableError
 from stemzip.executors import _PooledStemExecutor, _zip_batch
 from stemzip.results import StemResult
 
@@ -58,7 +58,16 @@ class DaskStemExecutor(_PooledStemExecutor):
         from distributed import Client, LocalCluster
 
         if self.address:
-            with Client(self.address, timeout=_CONNECT_TIMEOUT) as client:
+            try:
+                client = Client(self.address, timeout=_CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                # a mistyped address must not quietly run a campaign on the
+                # machine that submitted it
+                raise SchedulerUnreachableError(
+                    f"parallel_processing.address {self.address!r} cannot be "
+                    f"reached ({exc}); check the scheduler is running there"
+                ) from exc
+            with client:
                 yield self._executor(client)
             return
         with (
@@ -68,6 +77,8 @@ class DaskStemExecutor(_PooledStemExecutor):
                 processes=True,
                 dashboard_address=":0",
                 host="127.0.0.1",
+                # the cluster's own start and stop lines are not the run's news
+                silence_logs=logging.WARNING,
             ) as cluster,
             Client(cluster) as client,
         ):

@@ -302,11 +302,17 @@ def _archive_name(cfg: Any) -> str:
     key = "archive.name"
     template = str(_lookup(cfg, key, "{stem}.zip"))
     try:
-        fields = {
-            f for _, f, _, _ in string.Formatter().parse(template) if f is not None
-        }
+        parts = [p for p in string.Formatter().parse(template) if p[1] is not None]
     except ValueError as exc:
         raise ConfigError(f"{key} {template!r} is not a valid template: {exc}") from exc
+    # a format spec or conversion ({stem:.3}, {stem!r}) could give two stems
+    # one archive, so fields are taken only bare
+    if any(spec or conversion for _, _, spec, conversion in parts):
+        raise ConfigError(
+            f"{key} {template!r} may use {{stem}}, {{date}} and {{time}} only as "
+            "they are, with no format spec or conversion"
+        )
+    fields = {name for _, name, _, _ in parts}
     if not fields <= _NAME_FIELDS or "stem" not in fields:
         raise ConfigError(
             f"{key} {template!r} must contain {{stem}} and may use only "

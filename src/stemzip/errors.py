@@ -38,3 +38,11 @@ class ArchiveVerificationError(StemzipError, OSError):
 class UnsafeArchiveError(StemzipError, ValueError):
     """Raised when an archive to extract could write outside its folder or is
     larger than the limits allow."""
+
+
+class NotAnArchiveError(StemzipError, FileExistsError):
+    """Raised when an archive would replace a file that is not a ZIP archive."""
+
+
+class SchedulerUnreachableError(ConfigError):
+    """Raised when the configured Dask scheduler cannot be reached."""

@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from stemzip.archive import StemJob, log_result, remove_partial_files, zip_stem
-from stemzip.errors import ConfigError
+from stemzip.errors import ConfigError, StemzipError
 from stemzip.results import StemResult
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,8 @@ class _PooledStemExecutor(StemExecutor):
                     for result in future.result():
                         finished.add(result.stem)
                         report(result)
+        except StemzipError:
+            raise  # a setting that cannot work: the run stops, it does not fall back
         except Exception as exc:
             failure = exc
         if failure is not None:

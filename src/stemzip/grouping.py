@@ -55,7 +55,7 @@ class NameFilter:
         )
 
 
-def _walk(directory: Path, recursive: bool, skip: Path | None) -> Iterator[str]:
+def _walk(directory: Path, recursive: bool, skip: set[Path]) -> Iterator[str]:
     pending = [""]
     while pending:
         relative = pending.pop()
@@ -74,7 +74,7 @@ def _walk(directory: Path, recursive: bool, skip: Path | None) -> Iterator[str]:
                 elif (
                     recursive
                     and entry.is_dir(follow_symlinks=False)
-                    and (skip is None or Path(entry.path) != skip)
+                    and Path(entry.path) not in skip
                 ):
                     pending.append(name)
 
@@ -84,17 +84,17 @@ def list_files(
     extensions: Sequence[str],
     name_filter: NameFilter = NameFilter(),
     recursive: bool = False,
-    skip: Path | None = None,
+    skip: set[Path] | frozenset[Path] = frozenset(),
 ) -> list[str]:
     """Regular files under ``directory`` with a selected extension, sorted.
 
     Names are relative to ``directory``, with forward slashes. A recursive
-    search follows no linked folder and never enters ``skip`` (the output
-    folder, when it lies inside).
+    search follows no linked folder and never enters a folder of ``skip``
+    (the output folder, when it lies inside).
     """
     return sorted(
         name
-        for name in _walk(directory, recursive, skip)
+        for name in _walk(directory, recursive, set(skip))
         if has_extension(name, extensions) and name_filter.keeps(name)
     )
 

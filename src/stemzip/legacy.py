@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import stat
 import sys
 import zipfile
@@ -97,6 +98,11 @@ class ZipUtilities:
         max_unzip_bytes: int = DEFAULT_MAX_UNZIP_BYTES,
         max_unzip_members: int = DEFAULT_MAX_UNZIP_MEMBERS,
     ) -> None:
+        if max_unzip_bytes < 0 or max_unzip_members < 0:
+            raise ValueError(
+                f"unzip limits must not be negative, got {max_unzip_bytes} bytes "
+                f"and {max_unzip_members} members"
+            )
         self.max_unzip_bytes = max_unzip_bytes
         self.max_unzip_members = max_unzip_members
 
@@ -175,6 +181,7 @@ class ZipUtilities:
             members = archive.infolist()
             self._check_limits(zip_name, members)
             targets = [_safe_target(folder, info, zip_name) for info in members]
+            _check_layout(zip_name, members, targets)
             folder.mkdir(parents=True, exist_ok=True)
             written = []
             for info, target in zip(members, targets, strict=True):
@@ -182,9 +189,7 @@ class ZipUtilities:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, target.open("wb") as sink:
-                    while chunk := source.read(1 << 20):
-                        sink.write(chunk)
+                _extract(archive, info, target)
                 written.append(str(target))
         return written
 
@@ -204,9 +209,38 @@ class ZipUtilities:
             )
 
 
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    # through a temporary name, so a member that fails its CRC leaves nothing
+    partial = target.with_name(f".{target.name}.unzip.part")
+    try:
+        with archive.open(info) as source, partial.open("wb") as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _check_layout(
+    zip_name: str | Path, members: list[zipfile.ZipInfo], targets: list[Path]
+) -> None:
+    files = [t for info, t in zip(members, targets, strict=True) if not info.is_dir()]
+    if len(set(files)) != len(files):
+        raise UnsafeArchiveError(f"{zip_name}: two members have the same name")
+    folders = {parent for target in targets for parent in target.parents}
+    clash = sorted(str(t) for t in files if t in folders)
+    if clash:
+        raise UnsafeArchiveError(
+            f"{zip_name}: {clash[0]} is both a file and a folder in the archive"
+        )
+
+
 def _safe_target(folder: Path, info: zipfile.ZipInfo, zip_name: str | Path) -> Path:
     name = info.filename.replace("\\", "/")
-    parts = PurePosixPath(name).parts
+    parts = [part for part in PurePosixPath(name).parts if part != "."]
+    if not parts:
+        raise UnsafeArchiveError(f"{zip_name}: a member has an empty name")
     if name.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
         raise UnsafeArchiveError(
             f"{zip_name}: member {info.filename!r} leaves the folder"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stemzip.archive import StemJob
 from stemzip.config import RunSettings
+from stemzip.errors import ConfigError
 from stemzip.grouping import contenders, find_stems, group_by_stem, list_files
 from stemzip.results import Status, StemResult
 
@@ -48,6 +49,35 @@ def _output_inside_data(settings: RunSettings) -> Path | None:
     return output if output.is_relative_to(settings.data_directory) else None
 
 
+def _folders_to_skip(settings: RunSettings) -> set[Path]:
+    # a recursive search must not take in the archives, or the sources that
+    # an earlier run moved aside
+    folders = {settings.output_directory}
+    if settings.archive.move_to is not None:
+        folders.add(Path(settings.archive.move_to))
+    return {f for f in folders if f.is_relative_to(settings.data_directory)}
+
+
+def _check_targets(settings: RunSettings, targets: dict[str, Path]) -> set[str]:
+    """Refuse two stems sharing an archive; return stems whose archive escapes."""
+    owners: dict[Path, str] = {}
+    for stem, target in targets.items():
+        if target in owners:
+            raise ConfigError(
+                f"archive.name {settings.archive_name!r} gives stems "
+                f"{owners[target]!r} and {stem!r} the same archive {target}; "
+                "make it name each stem"
+            )
+        owners[target] = stem
+    inside = settings.output_directory
+    return {
+        stem
+        for stem, target in targets.items()
+        if not Path(os.path.normpath(target)).is_relative_to(inside)
+        or os.path.normpath(target) == str(inside)
+    }
+
+
 def _size(path: str) -> int:
     try:
         return os.stat(path).st_size
@@ -75,7 +105,7 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
         settings.data_extensions,
         settings.data_filter,
         recursive=settings.recursive,
-        skip=_output_inside_data(settings),
+        skip=_folders_to_skip(settings),
     )
     grouping = group_by_stem(every_stem, paths)
     selected = set(stems)
@@ -85,6 +115,7 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     members_by_stem = {s: m for s, m in grouping.members.items() if s in selected}
     started = time.localtime()
     targets = {stem: archive_path(settings, stem, started) for stem in members_by_stem}
+    escaping = _check_targets(settings, targets)
     if _output_inside_data(settings) is not None:
         # with the archives among the data files, none may take in another
         planned = set(targets.values())
@@ -106,6 +137,11 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
             continue
         target = targets[stem]
         files = tuple(prefix + path for path in members)
+        if stem in escaping:
+            error = f"archive {target} would be outside {settings.output_directory}"
+            log.error("stem %r failed: %s", stem, error)
+            settled.append(StemResult(stem, Status.FAILED, None, files, error))
+            continue
         if not settings.overwrite and target.is_file():
             log.info("kept existing %s (overwrite is off)", target)
             settled.append(StemResult(stem, Status.SKIPPED, str(target), files))
@@ -143,10 +179,21 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     )
 
 
+def _zip_action(job: StemJob) -> str:
+    if job.options.after == "delete":
+        return "zip, verify, then delete the sources"
+    if job.options.after == "move":
+        return f"zip, verify, then move the sources to {job.options.move_to}"
+    return "zip"
+
+
 def describe_plan(plan: Plan) -> str:
     """The plan as text for a person: one block per stem, then the leftovers."""
     lines = []
-    actions = {job.stem: ("zip", job.archive_path, job.members()) for job in plan.jobs}
+    actions = {
+        job.stem: (_zip_action(job), job.archive_path, job.members())
+        for job in plan.jobs
+    }
     for result in plan.settled:
         action = (
             "skip (archive kept)" if result.status is Status.SKIPPED else "no files"
