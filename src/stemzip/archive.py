@@ -114,6 +114,16 @@ class ArchiveOptions:
                 f"archive.engine {self.engine!r} is not one of "
                 f"{', '.join(DEFLATE_ENGINES)}"
             )
+        self._check_after()
+        if self.engine == "isal" and isal_zlib is None:
+            raise ConfigError(
+                "archive.engine is 'isal' but the isal package is not installed; "
+                "install it (pip install isal) or set archive.engine=auto"
+            )
+        if self.compresslevel is not None:
+            self._check_level(self.compresslevel)
+
+    def _check_after(self) -> None:
         if self.after not in AFTER_ACTIONS:
             raise ConfigError(
                 f"archive.after {self.after!r} is not one of {', '.join(AFTER_ACTIONS)}"
@@ -122,26 +132,21 @@ class ArchiveOptions:
             raise ConfigError(f"archive.after={self.after} needs archive.verify=true")
         if self.after == "move" and not self.move_to:
             raise ConfigError("archive.after=move needs archive.move_to=<folder>")
-        if self.engine == "isal" and isal_zlib is None:
-            raise ConfigError(
-                "archive.engine is 'isal' but the isal package is not installed; "
-                "install it (pip install isal) or set archive.engine=auto"
-            )
+
+    def _check_level(self, level: int) -> None:
         key = self._level_key()
-        if self.compresslevel is None:
-            return
         if key is None:
             raise ConfigError(
                 f"archive.compresslevel must be null with archive.compression="
-                f"{self.compression}, got {self.compresslevel}"
+                f"{self.compression}, got {level}"
             )
         low, high, _ = _LEVELS[key]
-        if not low <= self.compresslevel <= high:
+        if not low <= level <= high:
             hint = "set archive.compresslevel=null"
-            if key == "isal" and self.compresslevel <= _LEVELS["zlib"][1]:
+            if key == "isal" and level <= _LEVELS["zlib"][1]:
                 hint = "for zlib's levels set archive.engine=zlib"
             raise ConfigError(
-                f"archive.compresslevel {self.compresslevel} is outside {low}..{high}"
+                f"archive.compresslevel {level} is outside {low}..{high}"
                 f" for the {key} compressor; {hint}"
             )
 

@@ -377,6 +377,23 @@ _SECTIONS = ("file_management", "analysis", "default", "archive", "parallel_proc
 _RESERVED = {*_SECTIONS, "basename", "dry_run", "hydra"}
 
 
+def _check_sections(values: Mapping[str, Any]) -> None:
+    for section in _SECTIONS:
+        value = _lookup(values, section, {})
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{section} must be a group of settings, got {value!r}")
+
+
+def _basename(values: Mapping[str, Any]) -> str:
+    basename = _lookup(values, "basename", "zip_utilities")
+    if not isinstance(basename, str) or not basename or basename in _RESERVED:
+        raise ConfigError(
+            f"basename must be a non-empty string that names no setting of "
+            f"stemzip ({', '.join(sorted(_RESERVED))}), got {basename!r}"
+        )
+    return basename
+
+
 def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSettings:
     """Check a composed config and turn it into :class:`RunSettings`.
 
@@ -386,19 +403,8 @@ def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSet
     is created or changed.
     """
     values = _mapping(cfg)
-    for section in _SECTIONS:
-        if _lookup(values, section, {}) is not None and not isinstance(
-            _lookup(values, section, {}), Mapping
-        ):
-            raise ConfigError(
-                f"{section} must be a group of settings, got {values[section]!r}"
-            )
-    basename = _lookup(values, "basename", "zip_utilities")
-    if not isinstance(basename, str) or not basename or basename in _RESERVED:
-        raise ConfigError(
-            f"basename must be a non-empty string that names no setting of "
-            f"stemzip ({', '.join(sorted(_RESERVED))}), got {basename!r}"
-        )
+    _check_sections(values)
+    basename = _basename(values)
 
     stem_directory = _input_folder(
         values, "file_management.input_directory", base_dir, None

@@ -85,15 +85,10 @@ def _size(path: str) -> int:
         return 0
 
 
-def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
-    """Group the data files by stem and decide what each stem needs.
-
-    The stems come from the stem folder unless ``stems`` names them. A data
-    file goes to the longest stem it fits among all stems in the folder, so a
-    file of a stem that the filters leave out is left alone, never handed to
-    a shorter stem. Lists the stem folder and the data folder once each;
-    reads no file.
-    """
+def _group(
+    settings: RunSettings, stems: Sequence[str] | None
+) -> tuple[dict[str, list[str]], list[str], frozenset[str]]:
+    """Members of each selected stem, the files no stem takes, every stem."""
     if stems is None:
         stems, every_stem = find_stems(
             settings.stem_directory, settings.stem_extensions, settings.stem_filter
@@ -112,70 +107,97 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     left_out = sum(len(m) for s, m in grouping.members.items() if s not in selected)
     if left_out:
         log.info("%d data files belong to stems the filters leave out", left_out)
-    members_by_stem = {s: m for s, m in grouping.members.items() if s in selected}
+    members = {s: m for s, m in grouping.members.items() if s in selected}
+    return members, grouping.unmatched, frozenset(grouping.members)
+
+
+def _without_archives(
+    settings: RunSettings, members: dict[str, list[str]], targets: dict[str, Path]
+) -> dict[str, list[str]]:
+    # with the archives among the data files, none may take in another
+    if _output_inside_data(settings) is None:
+        return members
+    planned = set(targets.values())
+    return {
+        stem: [p for p in paths if settings.data_directory / p not in planned]
+        for stem, paths in members.items()
+    }
+
+
+def _decide(
+    settings: RunSettings, stem: str, members: list[str], target: Path, escapes: bool
+) -> StemJob | StemResult:
+    """The job for one stem, or its result when it needs no work."""
+    if not members:
+        log.warning("stem %r has no data files in %s", stem, settings.data_directory)
+        return StemResult(stem=stem, status=Status.NO_FILES)
+    # plain strings: Path objects cost more than the rest of planning here
+    files = tuple(f"{settings.data_directory}{os.sep}{path}" for path in members)
+    if escapes:
+        error = f"archive {target} would be outside {settings.output_directory}"
+        log.error("stem %r failed: %s", stem, error)
+        return StemResult(stem, Status.FAILED, None, files, error)
+    if not settings.overwrite and target.is_file():
+        log.info("kept existing %s (overwrite is off)", target)
+        return StemResult(stem, Status.SKIPPED, str(target), files)
+    return StemJob(
+        stem=stem,
+        files=files,
+        archive_path=str(target),
+        options=settings.archive,
+        arcnames=tuple(members) if settings.recursive else (),
+        size=sum(_size(path) for path in files),
+    )
+
+
+def _contested(
+    members: dict[str, list[str]], every_stem: frozenset[str]
+) -> dict[str, list[str]]:
+    return {
+        path: claims
+        for paths in members.values()
+        for path in paths
+        if len(claims := contenders(path, every_stem)) > 1
+    }
+
+
+def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
+    """Group the data files by stem and decide what each stem needs.
+
+    The stems come from the stem folder unless ``stems`` names them. A data
+    file goes to the longest stem it fits among all stems in the folder, so a
+    file of a stem that the filters leave out is left alone, never handed to
+    a shorter stem. Lists the stem folder and the data folder once each;
+    reads no file. Raises :class:`ConfigError` when two stems would share an
+    archive.
+    """
+    members, unmatched, every_stem = _group(settings, stems)
     started = time.localtime()
-    targets = {stem: archive_path(settings, stem, started) for stem in members_by_stem}
+    targets = {stem: archive_path(settings, stem, started) for stem in members}
     escaping = _check_targets(settings, targets)
-    if _output_inside_data(settings) is not None:
-        # with the archives among the data files, none may take in another
-        planned = set(targets.values())
-        members_by_stem = {
-            stem: [p for p in members if settings.data_directory / p not in planned]
-            for stem, members in members_by_stem.items()
-        }
+    members = _without_archives(settings, members, targets)
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
-    # plain strings: Path objects cost more than the rest of planning here
-    prefix = f"{settings.data_directory}{os.sep}"
-    for stem, members in members_by_stem.items():
-        if not members:
-            log.warning(
-                "stem %r has no data files in %s", stem, settings.data_directory
-            )
-            settled.append(StemResult(stem=stem, status=Status.NO_FILES))
-            continue
-        target = targets[stem]
-        files = tuple(prefix + path for path in members)
-        if stem in escaping:
-            error = f"archive {target} would be outside {settings.output_directory}"
-            log.error("stem %r failed: %s", stem, error)
-            settled.append(StemResult(stem, Status.FAILED, None, files, error))
-            continue
-        if not settings.overwrite and target.is_file():
-            log.info("kept existing %s (overwrite is off)", target)
-            settled.append(StemResult(stem, Status.SKIPPED, str(target), files))
-            continue
-        jobs.append(
-            StemJob(
-                stem=stem,
-                files=files,
-                archive_path=str(target),
-                options=settings.archive,
-                arcnames=tuple(members) if settings.recursive else (),
-                size=sum(_size(path) for path in files),
-            )
-        )
+    for stem, paths in members.items():
+        outcome = _decide(settings, stem, paths, targets[stem], stem in escaping)
+        if isinstance(outcome, StemJob):
+            jobs.append(outcome)
+        else:
+            settled.append(outcome)
 
-    if grouping.unmatched:
+    if unmatched:
         log.warning(
             "%d data files match no stem and are left alone, e.g. %r",
-            len(grouping.unmatched),
-            grouping.unmatched[0],
+            len(unmatched),
+            unmatched[0],
         )
-    contested = {}
-    if settings.dry_run:
-        stem_set = frozenset(grouping.members)
-        for members in members_by_stem.values():
-            for path in members:
-                if len(claims := contenders(path, stem_set)) > 1:
-                    contested[path] = claims
     return Plan(
-        stems=sorted(members_by_stem),
+        stems=sorted(members),
         jobs=jobs,
         settled=settled,
-        unmatched=grouping.unmatched,
-        contested=contested,
+        unmatched=unmatched,
+        contested=_contested(members, every_stem) if settings.dry_run else {},
     )
 
 
