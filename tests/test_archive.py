@@ -41,6 +41,10 @@ ALL_OPTIONS = [
 ]
 
 
+def _job_of(sources: list[Path], target: Path, options: ArchiveOptions) -> StemJob:
+    return StemJob("run1", tuple(str(p) for p in sources), str(target), options)
+
+
 def _named(paths: list[Path]) -> list[tuple[Path, str]]:
     return [(path, path.name) for path in paths]
 
@@ -263,12 +267,7 @@ def test_sources_leave_only_after_a_verified_archive(
     crcs = {p.name: crc_of(p) for p in sources}
     moved = tmp_path / "moved"
     options = ArchiveOptions(verify=True, after=after, move_to=str(moved))
-    job = StemJob(
-        stem="run1",
-        files=tuple(str(p) for p in sources),
-        archive_path=str(tmp_path / "run1.zip"),
-        options=options,
-    )
+    job = _job_of(sources, tmp_path / "run1.zip", options)
 
     result = zip_stem(job)
 
@@ -286,12 +285,7 @@ def test_move_never_overwrites(tmp_path: Path, sources: list[Path]) -> None:
     moved.mkdir()
     (moved / sources[0].name).write_text("someone else's")
     options = ArchiveOptions(verify=True, after="move", move_to=str(moved))
-    job = StemJob(
-        stem="run1",
-        files=tuple(str(p) for p in sources),
-        archive_path=str(tmp_path / "run1.zip"),
-        options=options,
-    )
+    job = _job_of(sources, tmp_path / "run1.zip", options)
 
     result = zip_stem(job)
 
@@ -307,12 +301,7 @@ def test_failed_write_leaves_sources_in_place(
 ) -> None:
     (tmp_path / "run1.zip").mkdir()  # the archive cannot be renamed into place
     options = ArchiveOptions(verify=True, after="delete")
-    job = StemJob(
-        stem="run1",
-        files=tuple(str(p) for p in sources),
-        archive_path=str(tmp_path / "run1.zip"),
-        options=options,
-    )
+    job = _job_of(sources, tmp_path / "run1.zip", options)
 
     result = zip_stem(job)
 
