@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -292,3 +294,45 @@ def test_dry_run_prints_the_plan_and_writes_nothing(example: Path) -> None:
     assert not (example / "examples" / "zipped").exists()
     statuses = [r["status"] for r in _results(example / "job")]
     assert statuses == ["planned", "no_files", "planned", "planned", "planned"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> None:
+    stems = [f"run{i}" for i in range(8)]
+    write_run_tree(tmp_path, stems, {})
+    for stem in stems:
+        with (tmp_path / "data" / f"{stem}_big.csv").open("wb") as sparse:
+            sparse.truncate(1 << 30)  # seconds of work each, no disk
+    args = [
+        f"file_management.input_directory={tmp_path / 'stems'}",
+        f"analysis.input_directory={tmp_path / 'data'}",
+        f"file_management.output_directory={tmp_path / 'out'}",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    ]
+    process = subprocess.Popen(
+        [str(STEMZIP), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(2)
+
+    process.send_signal(sig)  # to the command alone, as a batch scheduler may
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr.decode()
+    out = tmp_path / "out"
+    assert len(list(out.glob("*.zip"))) < len(stems), "queued stems were dropped"
+    for archive in out.glob("*.zip"):
+        assert archive_contents(archive)
+    assert not list(out.glob(".*.part"))
+    assert not _processes_mentioning(str(tmp_path)), "no worker outlives the run"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,10 @@ def _config_path() -> str:
     return "conf"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     """Console entry point of ``stemzip``."""
     if sys.argv[1:] == ["--version"]:
@@ -122,6 +127,8 @@ def main() -> None:
     task = hydra.main(
         version_base="1.3", config_path=_config_path(), config_name="config"
     )(zip_job)
+    # a scheduler's SIGTERM stops the run as Ctrl-C does, in order
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         task()
     except KeyboardInterrupt:

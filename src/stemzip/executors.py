@@ -13,6 +13,7 @@ import logging.handlers
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -217,6 +218,9 @@ def _batches(jobs: Sequence[StemJob], workers: int) -> list[list[StemJob]]:
 
 
 def _start_worker(queue: Any, level: int) -> None:
+    # a forked worker inherits the command's SIGTERM handler; the pool stops
+    # its workers with SIGTERM, which must end them
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # send this process's log records to the parent, which hands them to its
     # own handlers (Hydra's log file among them) whatever the start method
     root = logging.getLogger()
@@ -311,15 +315,22 @@ class _PooledStemExecutor(StemExecutor):
                 futures = [
                     self._submit(pool, batch) for batch in _batches(jobs, workers)
                 ]
-                for future in as_completed(futures):
-                    # a broken pool fails every unfinished future at once;
-                    # their stems are still owed a result, given by the caller
-                    if future.exception() is not None:
-                        failure = future.exception()
-                        continue
-                    for result in future.result():
-                        finished.add(result.stem)
-                        report(result)
+                try:
+                    for future in as_completed(futures):
+                        # a broken pool fails every unfinished future at once;
+                        # their stems are still owed a result, given by the caller
+                        if future.exception() is not None:
+                            failure = future.exception()
+                            continue
+                        for result in future.result():
+                            finished.add(result.stem)
+                            report(result)
+                except KeyboardInterrupt:
+                    # batches not started are dropped and the running ones
+                    # waited for, so no worker outlives the run; the pool's
+                    # own shutdown on leaving would not drop them
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         except StemzipError:
             raise  # a setting that cannot work: the run stops, it does not fall back
         except Exception as exc:
