@@ -284,13 +284,13 @@ def _add_member(
 
 
 # longest file name most file systems allow, in bytes
-_NAME_MAX = 255
+NAME_MAX = 255
 
 
 def _temporary_path(target: Path) -> Path:
     token = secrets.token_hex(4)
     name = f".{target.name}.{token}.part"
-    if len(os.fsencode(name)) > _NAME_MAX:
+    if len(os.fsencode(name)) > NAME_MAX:
         name = f".stemzip.{token}.part"
     return target.with_name(name)
 

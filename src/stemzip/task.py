@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from stemzip.archive import remove_partial_files
+from stemzip.archive import NAME_MAX, remove_partial_files
 from stemzip.config import ParallelConfig, RunSettings, load_settings
 from stemzip.errors import ConfigError, OutputDirectoryError, StemzipError
 from stemzip.executors import StemExecutor
@@ -128,7 +128,7 @@ def zip_by_stem(
 
 def _report_name(stem: str) -> str:
     name = f"{stem}.error.json"
-    if len(os.fsencode(name)) <= 255:
+    if len(os.fsencode(name)) <= NAME_MAX:
         return name
     # a stem near the file name limit still gets a report, under a short name
     digest = hashlib.sha1(os.fsencode(stem)).hexdigest()[:12]
