@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -309,20 +310,32 @@ def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> N
         f"file_management.output_directory={tmp_path / 'out'}",
         f"hydra.run.dir={tmp_path / 'job'}",
     ]
+    out = tmp_path / "out"
+    out.mkdir()
+    for stem in stems:  # archives of an earlier run, to be replaced
+        with zipfile.ZipFile(out / f"{stem}.zip", "w") as old:
+            old.writestr("old.txt", "earlier run")
     process = subprocess.Popen(
         [str(STEMZIP), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     time.sleep(2)
 
     process.send_signal(sig)  # to the command alone, as a batch scheduler may
+    sent = time.monotonic()
     _, stderr = process.communicate(timeout=120)
 
+    assert time.monotonic() - sent < 10, "the run stops promptly"
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr.decode()
-    out = tmp_path / "out"
-    assert len(list(out.glob("*.zip"))) < len(stems), "queued stems were dropped"
-    for archive in out.glob("*.zip"):
-        assert archive_contents(archive)
+    done = {r["stem"]: r for r in _results(tmp_path / "job")}
+    assert len(done) < len(stems), "queued stems were dropped"
+    for stem in stems:
+        members = set(archive_contents(out / f"{stem}.zip"))
+        if stem in done:
+            assert done[stem]["status"] == "zipped"
+            assert members == {f"{stem}_big.csv"}
+        else:
+            assert members == {"old.txt"}, "an earlier archive is left intact"
     assert not list(out.glob(".*.part"))
     assert not _processes_mentioning(str(tmp_path)), "no worker outlives the run"
 

@@ -105,7 +105,7 @@ def test_relative_folders_resolve_against_base_and_default_sensibly(
     assert settings.output_directory == tmp_path / "runs"
     assert settings.stem_extensions == ("yml",)
     assert settings.data_extensions == ("csv",)
-    assert settings.overwrite is True
+    assert settings.if_exists == "overwrite"
 
 
 def test_all_keys_read(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_all_keys_read(tmp_path: Path) -> None:
     assert settings.stem_extensions == ("yaml",)
     assert settings.data_extensions == ("txt",)
     assert settings.stem_filter.contains == ("LWL",)
-    assert settings.overwrite is False
+    assert settings.if_exists == "skip"
     assert settings.archive.compression == "bzip2"
     assert settings.archive.level() == 3
 

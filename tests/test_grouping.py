@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from stemzip.grouping import (
     NameFilter,
+    StemIndex,
     contenders,
     find_stems,
     group_by_stem,
@@ -181,12 +183,34 @@ def test_contenders_lists_every_fitting_stem_longest_first() -> None:
     assert contenders("run10_c.csv", stems) == ["run10"]
 
 
-_name_chars = st.sampled_from("ab1_-.")
+# letters with accents, precomposed and as combining marks; the angstrom
+# sign, whose composed form is another character (Å); a byte that is not UTF-8
+_name_chars = st.sampled_from("ab1_-.e\u00e9\u0301A\u00c5\u030a\u212b\udce9")
+
+
+def _spellings(max_size: int) -> st.SearchStrategy[str]:
+    """Names as Linux (as typed) or macOS (decomposed) might write them."""
+    return st.builds(
+        lambda text, form: text if form is None else unicodedata.normalize(form, text),
+        st.text(_name_chars, min_size=1, max_size=max_size),
+        st.sampled_from([None, "NFC", "NFD"]),
+    )
+
+
+def _fits(stem: str, name: str) -> bool:
+    # the rule as the README states it, in composed form; a combining mark
+    # that stays one, or a byte that is not UTF-8, is never a separator
+    stem, name = unicodedata.normalize("NFC", stem), unicodedata.normalize("NFC", name)
+    return (
+        name.startswith(stem)
+        and len(name) > len(stem)
+        and not name[len(stem)].isalnum()
+        and not unicodedata.category(name[len(stem)]).startswith(("M", "Cs"))
+    )
 
 
 @given(
-    stems=st.sets(st.text(_name_chars, min_size=1, max_size=5), max_size=6),
-    names=st.sets(st.text(_name_chars, min_size=1, max_size=9), max_size=20),
+    stems=st.sets(_spellings(5), max_size=6), names=st.sets(_spellings(9), max_size=20)
 )
 def test_every_file_lands_once_in_its_longest_stem(
     stems: set[str], names: set[str]
@@ -195,21 +219,18 @@ def test_every_file_lands_once_in_its_longest_stem(
 
     placed = [name for members in grouping.members.values() for name in members]
     assert sorted(placed + grouping.unmatched) == sorted(names)
+    composed_length = {s: len(unicodedata.normalize("NFC", s)) for s in stems}
     for stem, members in grouping.members.items():
         for name in members:
-            fitting = [
-                s
-                for s in stems
-                if name.startswith(s)
-                and len(name) > len(s)
-                and not name[len(s)].isalnum()
-            ]
-            assert stem == max(fitting, key=len)
+            fitting = [s for s in stems if _fits(s, name)]
+            assert stem in fitting
+            assert composed_length[stem] == max(composed_length[s] for s in fitting)
     for name in grouping.unmatched:
-        assert not any(
-            name.startswith(s) and len(name) > len(s) and not name[len(s)].isalnum()
-            for s in stems
-        )
+        assert not any(_fits(s, name) for s in stems)
+    forms = Counter(unicodedata.normalize("NFC", s) for s in stems)
+    assert set(StemIndex(stems).twins()) == {
+        s for s in stems if forms[unicodedata.normalize("NFC", s)] > 1
+    }
 
 
 def test_link_loop_is_skipped_with_a_warning(

@@ -122,7 +122,7 @@ def test_archive_name_template(
 def test_existing_archive_is_kept_when_overwrite_is_off(
     run_tree: Callable[..., RunSettings],
 ) -> None:
-    settings = run_tree(["run1", "run10"], DATA, overwrite=False)
+    settings = run_tree(["run1", "run10"], DATA, if_exists="skip")
     settings.output_directory.mkdir()
     (settings.output_directory / "run10.zip").write_bytes(b"old")
 
@@ -168,7 +168,10 @@ def test_a_stem_cannot_lead_its_archive_out_of_the_folder(
     run_tree: Callable[..., RunSettings],
 ) -> None:
     settings = run_tree(["..", "run1"], {"..-a.csv": "x", "run1_a.csv": "y"})
-    settings = dataclasses.replace(settings, archive_name="{stem}/all.zip")
+    # "...yml" and "..-a.csv" are hidden names
+    settings = dataclasses.replace(
+        settings, archive_name="{stem}/all.zip", include_hidden=True
+    )
 
     plan = plan_run(settings)
 

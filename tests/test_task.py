@@ -77,7 +77,7 @@ def test_sources_are_never_changed(run_tree: Callable[..., RunSettings]) -> None
 def test_overwrite_off_keeps_existing_archive(
     run_tree: Callable[..., RunSettings],
 ) -> None:
-    settings = run_tree(STEMS, DATA, overwrite=False)
+    settings = run_tree(STEMS, DATA, if_exists="skip")
     settings.output_directory.mkdir()
     (settings.output_directory / "run1.zip").write_bytes(b"old")
 
@@ -135,6 +135,7 @@ def test_task_writes_results_under_basename(tmp_path: Path) -> None:
     assert first["error"] is None
     assert entries[1]["zip_file_path"] is None
     assert "IsADirectoryError" in entries[1]["error"]
+    assert entries[1]["left_out"] == ["run10_b.csv: dangling link"]
     assert entries[3] == {
         "stem": "run2",
         "status": "no_files",
@@ -143,6 +144,7 @@ def test_task_writes_results_under_basename(tmp_path: Path) -> None:
         "error": None,
         "bytes_in": 0,
         "bytes_out": 0,
+        "left_out": [],
     }
 
 
@@ -256,7 +258,7 @@ def test_archives_beside_the_data_never_take_each_other_in(
 def test_overwrite_off_does_not_count_a_folder_as_an_archive(
     run_tree: Callable[..., RunSettings],
 ) -> None:
-    settings = run_tree(["run1", "run10"], DATA, overwrite=False)
+    settings = run_tree(["run1", "run10"], DATA, if_exists="skip")
     (settings.output_directory / "run1.zip").mkdir(parents=True)
     (settings.output_directory / "run10.zip").write_bytes(b"kept")
 

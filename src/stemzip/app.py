@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stemzip import __version__
-from stemzip.errors import StemzipError
+from stemzip.errors import RunInterrupted, StemzipError
 from stemzip.results import Status, summarise
 from stemzip.task import execute
 
@@ -52,8 +52,8 @@ def save_results(
     Each result is one line in flow style, written by the json module: JSON is
     valid YAML, and this is many times faster than building config nodes or
     PyYAML's representer for tens of thousands of entries. Non-ASCII
-    characters are escaped, so names that are not valid UTF-8 read back as
-    they were.
+    characters are escaped, so the file is ASCII; names that are not valid
+    UTF-8 arrive as their ``%XX`` substitutes (:meth:`StemResult.to_dict`).
     """
     lines = [f"{basename}:" + ("" if entries else " []")]
     lines.extend(f"- {json.dumps(entry)}" for entry in entries)
@@ -68,14 +68,24 @@ def zip_job(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.perf_counter()
     _outcome["jobs"] += 1
+    results_path = Path(HydraConfig.get().runtime.output_dir) / "results.yaml"
     try:
         settings, results = execute(cfg, show_plan=_print_plan)
     except StemzipError as exc:
         log.error("%s", exc)
         _record(EXIT_BAD_CONFIG)
         return {"error": str(exc), "seconds": time.perf_counter() - started}
+    except RunInterrupted as exc:
+        # what was done before the interrupt is saved; the stems missing
+        # from the file were not done
+        assert exc.basename is not None
+        entries = [result.to_dict() for result in exc.results]
+        save_results(results_path, cfg, exc.basename, entries)
+        log.warning(
+            "results of the %d stems done saved to %s", len(entries), results_path
+        )
+        raise
 
-    results_path = Path(HydraConfig.get().runtime.output_dir) / "results.yaml"
     entries = [result.to_dict() for result in results]
     save_results(results_path, cfg, settings.basename, entries)
     log.info("results saved to %s", results_path)

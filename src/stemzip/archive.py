@@ -30,6 +30,7 @@ from stemzip.errors import (
     SourceChangedError,
     StemTimeoutError,
 )
+from stemzip.names import readable
 from stemzip.results import Status, StemResult
 
 isal_zlib: Any
@@ -194,10 +195,18 @@ class StemJob:
     # and lets a small archive be assembled in memory
     size: int | None = None
 
-    def members(self) -> list[tuple[str, str]]:
-        """Each source path with the name it is stored under."""
+    def sources(self) -> list[tuple[str, str]]:
+        """Each source path with its own name (or path in the data folder)."""
         names = self.arcnames or tuple(os.path.basename(f) for f in self.files)
         return list(zip(self.files, names, strict=True))
+
+    def members(self) -> list[tuple[str, str]]:
+        """Each source path with the name it is stored under.
+
+        That is its own name, with each byte that is not valid UTF-8 written
+        as ``%XX`` (:func:`~stemzip.names.readable`): ZIP names are UTF-8.
+        """
+        return [(source, readable(name)) for source, name in self.sources()]
 
 
 def _open_member(
@@ -229,14 +238,18 @@ def _open_regular(source: str) -> tuple[int, os.stat_result]:
     return fd, status
 
 
-def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
+def _zip_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     # the format holds dates from 1980 to 2107; others get the nearest one
-    date_time = time.localtime(status.st_mtime)[:6]
-    if date_time[0] < 1980:
-        date_time = (1980, 1, 1, 0, 0, 0)
-    elif date_time[0] > 2107:
-        date_time = (2107, 12, 31, 23, 59, 59)
-    info = zipfile.ZipInfo(arcname, date_time)
+    year, month, day, hour, minute, second = time.localtime(mtime)[:6]
+    if year < 1980:
+        return (1980, 1, 1, 0, 0, 0)
+    if year > 2107:
+        return (2107, 12, 31, 23, 59, 59)
+    return (year, month, day, hour, minute, second)
+
+
+def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(arcname, _zip_date_time(status.st_mtime))
     info.external_attr = (status.st_mode & 0xFFFF) << 16
     info.file_size = status.st_size
     return info
@@ -296,6 +309,11 @@ def _temporary_path(target: Path) -> Path:
 
 
 _PARTIAL = re.compile(r"\.(?P<archive>.+)\.[0-9a-f]{8}\.part")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is that of a temporary archive stemzip writes."""
+    return _PARTIAL.fullmatch(name) is not None
 
 
 def _lock(handle: BinaryIO) -> None:
@@ -392,6 +410,46 @@ def _check_replaceable(target: Path) -> None:
         )
 
 
+def _stored_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    # what a member's date reads back as: DOS time keeps only even seconds
+    year, month, day, hour, minute, second = _zip_date_time(mtime)
+    return (year, month, day, hour, minute, second - second % 2)
+
+
+def changed_members(
+    target: Path, members: Sequence[tuple[str | Path, str]]
+) -> int | None:
+    """Count the differences between the archive at ``target`` and ``members``.
+
+    ``members`` are (source, name) pairs as :func:`write_archive` takes them.
+    Each member the archive lacks, holds with another size, or holds with
+    another date (the source's, as the format stores it: clamped to
+    1980..2107, in 2-second steps) counts once, as does each name the archive
+    holds beyond them. Only the central directory is read. Returns None when
+    ``target`` is a ZIP file that cannot be read, and raises
+    :class:`NotAnArchiveError` when it is no ZIP file at all.
+    """
+    _check_replaceable(target)
+    try:
+        with zipfile.ZipFile(target) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        log.debug("cannot read %s: %s", target, exc)
+        return None
+    held = {info.filename: (info.file_size, info.date_time) for info in infos}
+    changed = len(infos) - len(held)  # names held twice
+    for source, name in members:
+        stored = held.pop(name, None)
+        try:
+            status = os.stat(source)
+        except OSError:  # gone since it was listed: the rebuild will say so
+            changed += 1
+            continue
+        if stored != (status.st_size, _stored_date_time(status.st_mtime)):
+            changed += 1
+    return changed + len(held)
+
+
 def _create(path: Path) -> io.FileIO:
     # unbuffered: a small archive arrives in one write, a large one in chunks
     try:
@@ -459,7 +517,7 @@ def _dispose_sources(job: StemJob) -> None:
     elif job.options.after == "move":
         assert job.options.move_to is not None
         folder = Path(job.options.move_to)
-        targets = [(source, folder / name) for source, name in job.members()]
+        targets = [(source, folder / name) for source, name in job.sources()]
         taken = [str(target) for _, target in targets if target.exists()]
         if taken:
             raise FileExistsError(f"not moving sources over existing files: {taken}")
@@ -519,6 +577,21 @@ def _failure(
     )
 
 
+def _write_twice_if_changed(job: StemJob, target: Path, deadline: float | None) -> int:
+    # a source still being written by a late solver or a copy may be
+    # complete a moment later; a second change fails the stem
+    try:
+        return write_archive(target, job.members(), job.options, deadline, job.size)
+    except SourceChangedError as exc:
+        log.warning(
+            "stem %r: %s; reading its files once more",
+            readable(job.stem),
+            readable(str(exc)),
+        )
+    # streamed this time: a file that grew may no longer fit in memory
+    return write_archive(target, job.members(), job.options, deadline)
+
+
 def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
     """Archive one stem and report how it went; per-stem errors never escape.
 
@@ -529,9 +602,7 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
     started = time.perf_counter()
     try:
         with _time_limit(timeout, job.stem) as deadline:
-            bytes_in = write_archive(
-                target, job.members(), job.options, deadline, job.size
-            )
+            bytes_in = _write_twice_if_changed(job, target, deadline)
         bytes_out = target.stat().st_size
     except Exception as exc:
         return _failure(job, exc, None, started)
@@ -553,12 +624,15 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
 
 def log_result(result: StemResult) -> None:
     """Log one line for a stem that was zipped or failed."""
+    # the same substitutes as in the results, so a line matches its entry
     if result.status is Status.FAILED:
-        log.error("stem %r failed: %s", result.stem, result.error)
+        log.error(
+            "stem %r failed: %s", readable(result.stem), readable(result.error or "")
+        )
     elif result.status is Status.ZIPPED:
         log.info(
             "wrote %s: %d members, %d bytes from %d in %.2f s",
-            result.zip_file_path,
+            readable(result.zip_file_path or ""),
             len(result.files),
             result.bytes_out,
             result.bytes_in,

@@ -31,8 +31,9 @@ class DaskStemExecutor(_PooledStemExecutor):
 
     Tasks run in worker threads, so ``timeout_per_file`` is checked between
     chunks. Lines the workers log under ``stemzip`` are forwarded to this
-    process's log. Stems whose tasks the cluster could not finish (a worker
-    lost too often, say) run in this process.
+    process's log. A batch whose workers died too often is sent again stem by
+    stem, and a stem that then loses its worker too fails; stems the cluster
+    could not finish for other reasons run in this process.
     """
 
     name = "dask"
@@ -83,6 +84,13 @@ class DaskStemExecutor(_PooledStemExecutor):
             Client(cluster) as client,
         ):
             yield self._executor(client)
+
+    def _worker_lost(self, error: BaseException) -> bool:
+        from distributed import KilledWorker
+
+        # the scheduler gives up on a task whose workers kept dying under it
+        # (distributed.scheduler.allowed-failures) with KilledWorker
+        return isinstance(error, KilledWorker)
 
     def _submit(self, pool: Executor, batch: list[StemJob]) -> Future[list[StemResult]]:
         level = logging.getLogger("stemzip").getEffectiveLevel()

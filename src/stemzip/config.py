@@ -69,12 +69,20 @@ class AnalysisConfig:
     input_directory: str | None = None
     # also search subfolders; members keep their paths relative to the folder
     recursive: bool = False
+    # links among the data files: follow (archive the bytes of the regular
+    # file a link points to) or skip (leave links out, reported per stem)
+    symlinks: str = "follow"
+    # also take hidden names (leading "."), editor backups (trailing "~",
+    # .bak, .swp, .swo) and office lock files ("~$"), and enter hidden
+    # folders; applies to stem files and data files alike
+    include_hidden: bool = False
     filename: DataFilename = field(default_factory=DataFilename)
 
 
 @dataclass
 class OverwriteConfig:
-    # true replaces an existing archive; false keeps it and skips the stem
+    # true replaces an existing archive; false keeps it and skips the stem;
+    # archive.if_exists, when set, takes precedence
     output: bool = True
 
 
@@ -108,6 +116,11 @@ class ArchiveConfig:
     after: str = "keep"
     # folder the sources are moved to with after=move
     move_to: str | None = None
+    # what to do with an archive already at the target: overwrite, skip,
+    # update (rebuild only when its members' names, sizes or dates differ
+    # from the sources) or fail; null takes default.config.overwrite.output
+    # (true is overwrite, false is skip)
+    if_exists: str | None = None
 
 
 @dataclass
@@ -179,6 +192,10 @@ def register_configs() -> None:
         store.store(group="parallel_processing", name=name, node=node)
 
 
+# what archive.if_exists may say to do with an archive already at the target
+IF_EXISTS = ("overwrite", "skip", "update", "fail")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Everything one run needs, as plain values with folders resolved."""
@@ -192,11 +209,17 @@ class RunSettings:
     stem_filter: NameFilter = field(default_factory=NameFilter)
     data_filter: NameFilter = field(default_factory=NameFilter)
     recursive: bool = False
-    overwrite: bool = True
+    # what to do with an archive already at the target: one of IF_EXISTS
+    if_exists: str = "overwrite"
     # archive file name, relative to the output folder, with {stem} and more
     archive_name: str = "{stem}.zip"
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
     dry_run: bool = False
+    # links among the data files: archived with their target's bytes (true),
+    # or left out (false)
+    follow_links: bool = True
+    # hidden names, editor backups and lock files count as stem and data files
+    include_hidden: bool = False
 
 
 def _lookup(cfg: Any, key: str, default: Any = None) -> Any:
@@ -364,6 +387,36 @@ def _archive_options(cfg: Any, base_dir: Path) -> ArchiveOptions:
     return options
 
 
+def _if_exists(cfg: Any) -> str:
+    # the older framework's flag still decides when if_exists is not given
+    legacy = _flag(cfg, "default.config.overwrite.output", True)
+    value = _lookup(cfg, "archive.if_exists")
+    if value is None:
+        return "overwrite" if legacy else "skip"
+    if not isinstance(value, str) or value not in IF_EXISTS:
+        raise ConfigError(
+            f"archive.if_exists {value!r} is not one of {', '.join(IF_EXISTS)}; "
+            "set archive.if_exists=update to rebuild only archives whose sources "
+            "changed"
+        )
+    return value
+
+
+SYMLINK_CHOICES = ("follow", "skip")
+
+
+def _follow_links(cfg: Any) -> bool:
+    key = "analysis.symlinks"
+    value = _lookup(cfg, key, "follow")
+    if not isinstance(value, str) or value not in SYMLINK_CHOICES:
+        raise ConfigError(
+            f"{key} {value!r} is not one of {', '.join(SYMLINK_CHOICES)}; set "
+            f"{key}=follow to archive what links point to, or {key}=skip to "
+            "leave links out"
+        )
+    return value == "follow"
+
+
 def _mapping(cfg: DictConfig | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(cfg, DictConfig):
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -428,7 +481,9 @@ def load_settings(cfg: DictConfig | Mapping[str, Any], base_dir: Path) -> RunSet
         stem_filter=_name_filter(values, "file_management.filename.filters"),
         data_filter=_name_filter(values, "analysis.filename.filters"),
         recursive=_flag(values, "analysis.recursive", False),
-        overwrite=_flag(values, "default.config.overwrite.output", True),
+        follow_links=_follow_links(values),
+        include_hidden=_flag(values, "analysis.include_hidden", False),
+        if_exists=_if_exists(values),
         archive_name=_archive_name(values),
         archive=_archive_options(values, base_dir),
         dry_run=_flag(values, "dry_run", False),

@@ -6,6 +6,12 @@ builtin exception it refines, so callers may catch either.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stemzip.results import StemResult
+
 
 class StemzipError(Exception):
     """Base class of every error that stemzip raises on purpose."""
@@ -20,7 +26,8 @@ class InputDirectoryError(StemzipError, FileNotFoundError):
 
 
 class OutputDirectoryError(StemzipError, OSError):
-    """Raised when the output folder cannot be created or is not a folder."""
+    """Raised when an output folder cannot be created, is not a folder, or
+    cannot be written to."""
 
 
 class StemTimeoutError(StemzipError, TimeoutError):
@@ -46,3 +53,15 @@ class NotAnArchiveError(StemzipError, FileExistsError):
 
 class SchedulerUnreachableError(ConfigError):
     """Raised when the configured Dask scheduler cannot be reached."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the run; ``results`` holds the stems done."""
+
+    def __init__(
+        self, results: Sequence[StemResult], basename: str | None = None
+    ) -> None:
+        super().__init__("interrupted")
+        self.results = sorted(results, key=lambda result: result.stem)
+        # the key the results belong under, once the settings are known
+        self.basename = basename

@@ -18,18 +18,21 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
+    FIRST_COMPLETED,
     Executor,
     Future,
-    ProcessPoolExecutor,
     ThreadPoolExecutor,
-    as_completed,
+    wait,
 )
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from pebble import ProcessPool
+
 from stemzip.archive import StemJob, log_result, remove_partial_files, zip_stem
-from stemzip.errors import ConfigError, StemzipError
-from stemzip.results import StemResult
+from stemzip.errors import ConfigError, RunInterrupted, StemzipError
+from stemzip.results import Status, StemResult
+from stemzip.supervision import LedgerEntry, Supervisor, attach_ledger
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +114,24 @@ class StemExecutor(ABC):
         """Run every job and pass each result to ``report`` once."""
 
     def run(self, jobs: Sequence[StemJob]) -> list[StemResult]:
-        """Run ``jobs`` and return their results sorted by stem."""
+        """Run ``jobs`` and return their results sorted by stem.
+
+        Raises :class:`~stemzip.errors.RunInterrupted`, holding the results
+        gathered so far, on Ctrl-C or SIGTERM.
+        """
         results: list[StemResult] = []
-        with self._progress(len(jobs)) as advance:
+        try:
+            with self._progress(len(jobs)) as advance:
 
-            def report(result: StemResult) -> None:
-                log_result(result)
-                results.append(result)
-                advance(result)
+                def report(result: StemResult) -> None:
+                    log_result(result)
+                    results.append(result)
+                    advance(result)
 
-            self._execute(jobs, report)
-        return sorted(results, key=lambda result: result.stem)
+                self._execute(jobs, report)
+        except KeyboardInterrupt as exc:
+            raise RunInterrupted(sorted(results, key=_by_stem)) from exc
+        return sorted(results, key=_by_stem)
 
     @contextmanager
     def _progress(self, total: int) -> Iterator[Report]:
@@ -155,6 +165,10 @@ class StemExecutor(ABC):
                 bar.update(1)
 
             yield advance
+
+
+def _by_stem(result: StemResult) -> str:
+    return result.stem
 
 
 def _ignore(result: StemResult) -> None:
@@ -217,10 +231,12 @@ def _batches(jobs: Sequence[StemJob], workers: int) -> list[list[StemJob]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def _start_worker(queue: Any, level: int) -> None:
-    # a forked worker inherits the command's SIGTERM handler; the pool stops
-    # its workers with SIGTERM, which must end them
+def _start_worker(queue: Any, level: int, ledger: Any = None) -> None:
+    # the pool stops a worker with SIGTERM, which must end it at once, not
+    # run the command's handler (inherited by fork) or an orderly exit that
+    # could wait on a log queue
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    attach_ledger(ledger)
     # send this process's log records to the parent, which hands them to its
     # own handlers (Hydra's log file among them) whatever the start method
     root = logging.getLogger()
@@ -305,6 +321,30 @@ class _PooledStemExecutor(StemExecutor):
             remove_partial_files(leftover)
             run_in_process(leftover, report, self.timeout)
 
+    def _worker_lost(self, error: BaseException) -> bool:
+        """Whether ``error`` says the worker running a batch died."""
+        return False
+
+    def _isolate(
+        self,
+        pool: Executor,
+        batch: list[StemJob],
+        error: BaseException,
+        pending: dict[Future[list[StemResult]], list[StemJob]],
+    ) -> list[StemResult]:
+        """Results for a batch whose worker died; its stems go out one by one.
+
+        Which stem of a batch killed its worker is not known, so each is sent
+        again on its own; a stem whose own worker dies fails.
+        """
+        if len(batch) > 1:
+            for job in batch:
+                pending[self._submit(pool, [job])] = [job]
+            return []
+        job = batch[0]
+        why = f"the worker archiving this stem died ({type(error).__name__}: {error})"
+        return [StemResult(job.stem, Status.FAILED, files=job.files, error=why)]
+
     def _run_pool(self, jobs: Sequence[StemJob], report: Report) -> list[StemJob]:
         """Run ``jobs`` on a pool; return those it could not finish."""
         workers = self.workers_for(len(jobs))
@@ -312,19 +352,28 @@ class _PooledStemExecutor(StemExecutor):
         failure: BaseException | None = None
         try:
             with self._open_pool(workers) as pool:
-                futures = [
-                    self._submit(pool, batch) for batch in _batches(jobs, workers)
-                ]
+                pending = {
+                    self._submit(pool, batch): batch
+                    for batch in _batches(jobs, workers)
+                }
                 try:
-                    for future in as_completed(futures):
-                        # a broken pool fails every unfinished future at once;
-                        # their stems are still owed a result, given by the caller
-                        if future.exception() is not None:
-                            failure = future.exception()
-                            continue
-                        for result in future.result():
-                            finished.add(result.stem)
-                            report(result)
+                    while pending:
+                        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            batch = pending.pop(future)
+                            error = future.exception()
+                            if error is None:
+                                results = future.result()
+                            elif self._worker_lost(error):
+                                results = self._isolate(pool, batch, error, pending)
+                            else:
+                                # a broken pool fails every unfinished future at
+                                # once; the caller gives their stems a result
+                                failure = error
+                                continue
+                            for result in results:
+                                finished.add(result.stem)
+                                report(result)
                 except KeyboardInterrupt:
                     # batches not started are dropped and the running ones
                     # waited for, so no worker outlives the run; the pool's
@@ -343,7 +392,13 @@ class _PooledStemExecutor(StemExecutor):
 
 
 class ProcessPoolStemExecutor(_PooledStemExecutor):
-    """Runs stems in the worker processes of a ``ProcessPoolExecutor``."""
+    """Runs stems in worker processes of a pebble ``ProcessPool``.
+
+    A worker that dies costs only the stem it was archiving, which fails with
+    the cause; a fresh worker takes its place and the stems it had not reached.
+    With ``timeout_per_file``, a worker that does not give up a stem past its
+    limit (stopped, or blocked in the kernel) is killed and replaced too.
+    """
 
     name = "parallel"
 
@@ -355,23 +410,59 @@ class ProcessPoolStemExecutor(_PooledStemExecutor):
         method = self.start_method or multiprocessing.get_start_method()
         return f"{workers} worker processes, {method}"
 
-    @contextmanager
-    def _open_pool(self, workers: int) -> Iterator[Executor]:
+    def _open_pool(self, workers: int) -> AbstractContextManager[Executor]:
+        raise NotImplementedError("the process pool is run by _run_pool")
+
+    def _run_pool(self, jobs: Sequence[StemJob], report: Report) -> list[StemJob]:
+        workers = self.workers_for(len(jobs))
         context = multiprocessing.get_context(self.start_method)
+        ledger = context.RawArray(LedgerEntry, len(jobs))
+        place = {job.stem: index for index, job in enumerate(jobs)}
+        batches = [
+            [(place[job.stem], job) for job in batch]
+            for batch in _batches(jobs, workers)
+        ]
+        finished: set[str] = set()
+
+        def record(result: StemResult) -> None:
+            finished.add(result.stem)
+            report(result)
+
         queue = context.Queue()
         listener = logging.handlers.QueueListener(queue, _Redispatch())
         listener.start()
+        supervisor: Supervisor | None = None
         try:
-            with ProcessPoolExecutor(
+            pool = ProcessPool(
                 workers,
-                mp_context=context,
                 initializer=_start_worker,
-                initargs=(queue, logging.getLogger().getEffectiveLevel()),
-            ) as pool:
-                yield pool
+                initargs=(queue, logging.getLogger().getEffectiveLevel(), ledger),
+                context=context,
+            )
+            try:
+                supervisor = Supervisor(pool, ledger, self.timeout, record)
+                supervisor.run(batches)
+            except BaseException:
+                # an interrupt, or a pool gone wrong: no worker may go on
+                # writing archives, nor outlive the run
+                pool.stop()  # type: ignore[no-untyped-call]  # pebble 5.2 has no hints
+                raise
+            else:
+                pool.close()  # type: ignore[no-untyped-call]
+            finally:
+                pool.join()
+        except (StemzipError, KeyboardInterrupt):
+            remove_partial_files(jobs)
+            raise
+        except Exception as exc:
+            log.warning("%s pool failed (%s: %s)", self.name, type(exc).__name__, exc)
         finally:
             listener.stop()
             queue.close()
+        if supervisor is not None and supervisor.lost:
+            # lost workers are gone now, and their temporary files unlocked
+            remove_partial_files(supervisor.lost)
+        return [job for job in jobs if job.stem not in finished]
 
 
 class ThreadPoolStemExecutor(_PooledStemExecutor):

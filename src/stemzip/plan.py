@@ -5,14 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stemzip.archive import StemJob
+from stemzip.archive import StemJob, changed_members, is_temporary
 from stemzip.config import RunSettings
-from stemzip.errors import ConfigError
-from stemzip.grouping import contenders, find_stems, group_by_stem, list_files
+from stemzip.errors import ConfigError, NotAnArchiveError
+from stemzip.grouping import (
+    StemIndex,
+    contenders,
+    find_stems,
+    group_by_stem,
+    scan_folder,
+)
+from stemzip.names import caseless, readable
 from stemzip.results import Status, StemResult
 
 log = logging.getLogger(__name__)
@@ -32,12 +39,33 @@ class Plan:
     # data files that more than one stem could claim, with every such stem,
     # longest (the one that takes the file) first
     contested: dict[str, list[str]] = field(default_factory=dict)
+    # per selected stem, the entries it would have taken that are not
+    # archived, each "path: why", sorted
+    left_out: dict[str, list[str]] = field(default_factory=dict)
+    # per stem, what the dry run says is done where it is not a plain zip:
+    # "skip (archive up to date)", "rebuild (2 members changed)", ...
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def noting_left_out(self, results: Iterable[StemResult]) -> list[StemResult]:
+        """``results`` sorted by stem, each with the entries its stem left out."""
+        return sorted(
+            (
+                replace(r, left_out=tuple(self.left_out[r.stem]))
+                if r.stem in self.left_out
+                else r
+                for r in results
+            ),
+            key=lambda result: result.stem,
+        )
 
 
 def archive_path(settings: RunSettings, stem: str, started: time.struct_time) -> Path:
-    """Where ``stem``'s archive goes, from the ``archive.name`` template."""
+    """Where ``stem``'s archive goes, from the ``archive.name`` template.
+
+    A stem that is not valid UTF-8 is written as :func:`readable` makes it.
+    """
     name = settings.archive_name.format(
-        stem=stem,
+        stem=readable(stem),
         date=time.strftime("%Y%m%d", started),
         time=time.strftime("%H%M%S", started),
     )
@@ -62,7 +90,9 @@ def _check_targets(settings: RunSettings, targets: dict[str, Path]) -> set[str]:
     """Refuse two stems sharing an archive; return stems whose archive escapes."""
     owners: dict[Path, str] = {}
     for stem, target in targets.items():
-        if target in owners:
+        # stems that the %XX substitute makes alike clash by name, not by the
+        # template: _name_clashes fails them
+        if target in owners and readable(owners[target]) != readable(stem):
             raise ConfigError(
                 f"archive.name {settings.archive_name!r} gives stems "
                 f"{owners[target]!r} and {stem!r} the same archive {target}; "
@@ -85,62 +115,171 @@ def _size(path: str) -> int:
         return 0
 
 
+def _odd_entries(
+    settings: RunSettings,
+    entries: dict[str, str],
+    every_stem: Sequence[str],
+    selected: set[str],
+) -> dict[str, list[str]]:
+    """The entries that are no file to archive, by the selected stem they fit."""
+    if not entries:
+        return {}
+    grouping = group_by_stem(every_stem, entries)
+    if grouping.unmatched:
+        log.warning(
+            "%d entries in %s are no regular files, match no stem and are left "
+            "alone, e.g. '%s: %s'",
+            len(grouping.unmatched),
+            settings.data_directory,
+            readable(grouping.unmatched[0]),
+            entries[grouping.unmatched[0]],
+        )
+    return {
+        stem: [f"{path}: {entries[path]}" for path in paths]
+        for stem, paths in grouping.members.items()
+        if paths and stem in selected
+    }
+
+
 def _group(
     settings: RunSettings, stems: Sequence[str] | None
-) -> tuple[dict[str, list[str]], list[str], frozenset[str]]:
-    """Members of each selected stem, the files no stem takes, every stem."""
+) -> tuple[dict[str, list[str]], list[str], frozenset[str], dict[str, list[str]]]:
+    """Members and odd entries of each selected stem, strays, every stem."""
     if stems is None:
         stems, every_stem = find_stems(
-            settings.stem_directory, settings.stem_extensions, settings.stem_filter
+            settings.stem_directory,
+            settings.stem_extensions,
+            settings.stem_filter,
+            settings.include_hidden,
         )
     else:
         every_stem = list(stems)
-    paths = list_files(
+    listing = scan_folder(
         settings.data_directory,
         settings.data_extensions,
         settings.data_filter,
         recursive=settings.recursive,
         skip=_folders_to_skip(settings),
+        include_hidden=settings.include_hidden,
+        follow_links=settings.follow_links,
     )
-    grouping = group_by_stem(every_stem, paths)
+    files = listing.files
+    if settings.include_hidden:
+        # stemzip's own temporary archives are hidden, and never data
+        files = [p for p in files if not is_temporary(p.rpartition("/")[2])]
+    grouping = group_by_stem(every_stem, files)
     selected = set(stems)
     left_out = sum(len(m) for s, m in grouping.members.items() if s not in selected)
     if left_out:
         log.info("%d data files belong to stems the filters leave out", left_out)
     members = {s: m for s, m in grouping.members.items() if s in selected}
-    return members, grouping.unmatched, frozenset(grouping.members)
+    odd = _odd_entries(settings, listing.left_out, every_stem, selected)
+    return members, grouping.unmatched, frozenset(grouping.members), odd
 
 
 def _without_archives(
     settings: RunSettings, members: dict[str, list[str]], targets: dict[str, Path]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Members without the archives in the output folder, and the old ones left.
+
+    Only when the output folder is the data folder or inside it. This run's
+    own archives are dropped without a word; any other ``.zip`` there (a
+    stale or foreign archive) is returned per stem as left out, so that no
+    archive ever takes in another and a rerun archives what the first did.
+    """
+    output = _output_inside_data(settings)
+    if output is None:
+        return members, {}
+    prefix = f"{settings.data_directory}{os.sep}"
+    planned = {str(target) for target in targets.values()}
+    kept: dict[str, list[str]] = {}
+    stale: dict[str, list[str]] = {}
+    for stem, paths in members.items():
+        kept[stem] = []
+        for path in paths:
+            name = path.rpartition("/")[2]
+            full = prefix + path.replace("/", os.sep)
+            if full in planned:
+                continue
+            if name.lower().endswith(".zip") and Path(full).is_relative_to(output):
+                stale.setdefault(stem, []).append(
+                    f"{path}: archive in the output folder"
+                )
+            else:
+                kept[stem].append(path)
+    return kept, stale
+
+
+def _report_left_out(
+    odd: dict[str, list[str]], stale: dict[str, list[str]]
 ) -> dict[str, list[str]]:
-    # with the archives among the data files, none may take in another
-    if _output_inside_data(settings) is None:
-        return members
-    planned = set(targets.values())
-    return {
-        stem: [p for p in paths if settings.data_directory / p not in planned]
-        for stem, paths in members.items()
+    """Join what each stem leaves out, and log one line per such stem."""
+    left_out = {
+        stem: sorted(odd.get(stem, []) + stale.get(stem, []))
+        for stem in sorted(odd.keys() | stale.keys())
     }
+    for stem, entries in left_out.items():
+        log.warning(
+            "stem %r: %d entries left out: %s",
+            readable(stem),
+            len(entries),
+            readable("; ".join(entries)),
+        )
+    return left_out
+
+
+def _existing_archive(
+    settings: RunSettings, job: StemJob
+) -> tuple[StemJob | StemResult, str]:
+    """Keep, refuse or rebuild the archive already at the job's target."""
+    stem, target = job.stem, job.archive_path
+    if settings.if_exists == "skip":
+        log.info("kept existing %s (archive.if_exists=skip)", target)
+        kept = StemResult(stem, Status.SKIPPED, target, job.files)
+        return kept, "skip (archive kept)"
+    if settings.if_exists == "fail":
+        error = (
+            f"archive {target} already exists and archive.if_exists is fail; set "
+            "archive.if_exists=overwrite to replace it, update to rebuild it "
+            "when its sources changed, or skip to keep it"
+        )
+        log.error("stem %r failed: %s", stem, error)
+        refused = StemResult(stem, Status.FAILED, target, job.files, error)
+        return refused, "fail (archive exists)"
+    try:
+        changed = changed_members(Path(target), job.members())
+    except NotAnArchiveError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("stem %r failed: %s", stem, error)
+        failed = StemResult(stem, Status.FAILED, None, job.files, error)
+        return failed, "fail (not a ZIP archive)"
+    if changed is None:
+        log.warning("existing %s cannot be read as a ZIP archive; rebuilding", target)
+        return job, "rebuild (archive unreadable)"
+    if changed:
+        log.debug("rebuilding %s: %d members changed", target, changed)
+        plural = "s" if changed > 1 else ""
+        return job, f"rebuild ({changed} member{plural} changed)"
+    log.info("kept %s: archive up to date", target)
+    current = StemResult(stem, Status.SKIPPED, target, job.files)
+    return current, "skip (archive up to date)"
 
 
 def _decide(
     settings: RunSettings, stem: str, members: list[str], target: Path, escapes: bool
-) -> StemJob | StemResult:
-    """The job for one stem, or its result when it needs no work."""
+) -> tuple[StemJob | StemResult, str | None]:
+    """The job for one stem or its settled result, and the plan's note on it."""
     if not members:
         log.warning("stem %r has no data files in %s", stem, settings.data_directory)
-        return StemResult(stem=stem, status=Status.NO_FILES)
+        return StemResult(stem=stem, status=Status.NO_FILES), None
     # plain strings: Path objects cost more than the rest of planning here
     files = tuple(f"{settings.data_directory}{os.sep}{path}" for path in members)
     if escapes:
         error = f"archive {target} would be outside {settings.output_directory}"
         log.error("stem %r failed: %s", stem, error)
-        return StemResult(stem, Status.FAILED, None, files, error)
-    if not settings.overwrite and target.is_file():
-        log.info("kept existing %s (overwrite is off)", target)
-        return StemResult(stem, Status.SKIPPED, str(target), files)
-    return StemJob(
+        escaped = StemResult(stem, Status.FAILED, None, files, error)
+        return escaped, "fail (archive outside the output folder)"
+    job = StemJob(
         stem=stem,
         files=files,
         archive_path=str(target),
@@ -148,17 +287,116 @@ def _decide(
         arcnames=tuple(members) if settings.recursive else (),
         size=sum(_size(path) for path in files),
     )
+    if settings.if_exists == "overwrite" or not target.is_file():
+        return job, None
+    return _existing_archive(settings, job)
 
 
-def _contested(
-    members: dict[str, list[str]], every_stem: frozenset[str]
-) -> dict[str, list[str]]:
+def _contested(members: dict[str, list[str]], index: StemIndex) -> dict[str, list[str]]:
     return {
         path: claims
         for paths in members.values()
         for path in paths
-        if len(claims := contenders(path, every_stem)) > 1
+        if len(claims := contenders(path, index)) > 1
     }
+
+
+def _twin_clashes(members: dict[str, list[str]], index: StemIndex) -> dict[str, str]:
+    # !a: the two spellings print alike, their escapes do not
+    return {
+        stem: (
+            f"stem names {stem!a} and {', '.join(map(ascii, twins))} differ only "
+            "in Unicode normalisation (an accent stored in its letter or as a "
+            "mark after it), so their data files cannot be told apart; rename "
+            "one of the stem files"
+        )
+        for stem, twins in index.twins().items()
+        if stem in members
+    }
+
+
+def _member_clashes(members: dict[str, list[str]], settled: set[str]) -> dict[str, str]:
+    errors = {}
+    for stem, paths in members.items():
+        if stem in settled or all(map(str.isascii, paths)):
+            continue
+        stored: dict[str, str] = {}
+        for path in paths:
+            other = stored.setdefault(readable(path), path)
+            if other != path:
+                errors[stem] = (
+                    f"data files {other!a} and {path!a} would both be stored as "
+                    f"{readable(path)!r}, since bytes that are not valid UTF-8 are "
+                    "written as %XX; rename one of them"
+                )
+                break
+    return errors
+
+
+def _clash_error(stem: str, others: list[str], targets: dict[str, Path]) -> str:
+    target = targets[stem]
+    if all(targets[other] == target for other in others):
+        return (
+            f"archive {target} would also be that of stem "
+            f"{', '.join(map(ascii, others))} (bytes that are not valid UTF-8 are "
+            "written as %XX), so neither is written; rename one of the stem files"
+        )
+    named = ", ".join(f"stem {other!a} ({targets[other]})" for other in others)
+    return (
+        f"archive {target} would be the same file as that of {named} on a volume "
+        "that ignores case and Unicode normalisation (macOS, Windows), so neither "
+        "is written; rename one of the stem files"
+    )
+
+
+def _archive_clashes(
+    members: dict[str, list[str]], targets: dict[str, Path], settled: set[str]
+) -> dict[str, str]:
+    # on such a volume Run7.zip and run7.zip are one file: one archive would
+    # replace the other, or be read back as the other
+    sharing: dict[str, list[str]] = {}
+    for stem, paths in members.items():
+        if paths and stem not in settled:
+            sharing.setdefault(caseless(str(targets[stem])), []).append(stem)
+    return {
+        stem: _clash_error(stem, [other for other in stems if other != stem], targets)
+        for stems in sharing.values()
+        if len(stems) > 1
+        for stem in stems
+    }
+
+
+def _name_clashes(
+    members: dict[str, list[str]],
+    targets: dict[str, Path],
+    index: StemIndex,
+    escaping: set[str],
+) -> dict[str, tuple[str, str]]:
+    """Stems failed for names too much alike: the error, and the plan's note.
+
+    Checked in this order, each stem failing for the first reason only: stem
+    names that differ only in normalisation, members that the ``%XX``
+    substitute makes alike, archives that one volume would take for one.
+    """
+    clashes = {
+        stem: (error, "fail (stem name twins)")
+        for stem, error in _twin_clashes(members, index).items()
+    }
+    for stem, error in _member_clashes(members, set(clashes)).items():
+        clashes[stem] = (error, "fail (member names alike)")
+    for stem, error in _archive_clashes(
+        members, targets, set(clashes) | escaping
+    ).items():
+        clashes[stem] = (error, "fail (archive names alike)")
+    return clashes
+
+
+def _refuse(
+    settings: RunSettings, stem: str, paths: list[str], error: str, note: str
+) -> tuple[StemResult, str]:
+    log.error("stem %r failed: %s", readable(stem), readable(error))
+    files = tuple(f"{settings.data_directory}{os.sep}{path}" for path in paths)
+    return StemResult(stem, Status.FAILED, None, files, error), note
 
 
 def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
@@ -168,19 +406,31 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     file goes to the longest stem it fits among all stems in the folder, so a
     file of a stem that the filters leave out is left alone, never handed to
     a shorter stem. Lists the stem folder and the data folder once each;
-    reads no file. Raises :class:`ConfigError` when two stems would share an
-    archive.
+    reads no file but, with ``if_exists=update``, the central directory of
+    each archive already there. Raises :class:`ConfigError` when the
+    ``archive.name`` template gives two stems one archive; stems whose names
+    are too much alike (:func:`_name_clashes`) fail instead.
     """
-    members, unmatched, every_stem = _group(settings, stems)
+    members, unmatched, every_stem, odd = _group(settings, stems)
     started = time.localtime()
     targets = {stem: archive_path(settings, stem, started) for stem in members}
     escaping = _check_targets(settings, targets)
-    members = _without_archives(settings, members, targets)
+    members, stale = _without_archives(settings, members, targets)
+    left_out = _report_left_out(odd, stale)
+    index = StemIndex(every_stem)
+    clashes = _name_clashes(members, targets, index, escaping)
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
+    notes: dict[str, str] = {}
     for stem, paths in members.items():
-        outcome = _decide(settings, stem, paths, targets[stem], stem in escaping)
+        outcome, note = (
+            _refuse(settings, stem, paths, *clashes[stem])
+            if stem in clashes
+            else _decide(settings, stem, paths, targets[stem], stem in escaping)
+        )
+        if note is not None:
+            notes[stem] = note
         if isinstance(outcome, StemJob):
             jobs.append(outcome)
         else:
@@ -197,34 +447,39 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
         jobs=jobs,
         settled=settled,
         unmatched=unmatched,
-        contested=_contested(members, every_stem) if settings.dry_run else {},
+        contested=_contested(members, index) if settings.dry_run else {},
+        left_out=left_out,
+        notes=notes,
     )
 
 
-def _zip_action(job: StemJob) -> str:
+def _zip_action(job: StemJob, verb: str) -> str:
     if job.options.after == "delete":
-        return "zip, verify, then delete the sources"
+        return f"{verb}, verify, then delete the sources"
     if job.options.after == "move":
-        return f"zip, verify, then move the sources to {job.options.move_to}"
-    return "zip"
+        return f"{verb}, verify, then move the sources to {job.options.move_to}"
+    return verb
 
 
 def describe_plan(plan: Plan) -> str:
     """The plan as text for a person: one block per stem, then the leftovers."""
     lines = []
     actions = {
-        job.stem: (_zip_action(job), job.archive_path, job.members())
+        job.stem: (
+            _zip_action(job, plan.notes.get(job.stem, "zip")),
+            job.archive_path,
+            job.members(),
+        )
         for job in plan.jobs
     }
     for result in plan.settled:
-        action = (
-            "skip (archive kept)" if result.status is Status.SKIPPED else "no files"
-        )
+        action = plan.notes.get(result.stem, result.status.value.replace("_", " "))
         actions[result.stem] = (action, result.zip_file_path or "-", [])
     for stem in sorted(actions):
         action, target, members = actions[stem]
         lines.append(f"{stem}: {action} -> {target}")
         lines.extend(f"    {name}" for _, name in members)
+        lines.extend(f"    left out: {entry}" for entry in plan.left_out.get(stem, []))
     lines.append(f"{len(plan.unmatched)} files match no stem:")
     lines.extend(f"    {path}" for path in plan.unmatched)
     lines.append(f"{len(plan.contested)} files more than one stem could claim:")
@@ -232,4 +487,5 @@ def describe_plan(plan: Plan) -> str:
         f"    {path}: {', '.join(claims)} (goes to {claims[0]})"
         for path, claims in sorted(plan.contested.items())
     )
-    return "\n".join(lines) + "\n"
+    # printed to a terminal, which cannot show bytes that are not UTF-8
+    return readable("\n".join(lines) + "\n")

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from stemzip.names import readable
+
 
 class Status(str, enum.Enum):
     """What happened to one stem."""
@@ -18,6 +20,10 @@ class Status(str, enum.Enum):
     FAILED = "failed"
     # dry run only: would be zipped
     PLANNED = "planned"
+
+
+def _readable_or_none(text: str | None) -> str | None:
+    return None if text is None else readable(text)
 
 
 @dataclass(frozen=True)
@@ -35,16 +41,25 @@ class StemResult:
     traceback: str | None = None
     # wall time of the stem's work
     seconds: float = 0.0
+    # entries the stem would have taken that are not archived, each
+    # "path: why" (a folder, a FIFO, a dangling link, ...), sorted
+    left_out: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """The entry, in plain strings that YAML and JSON files can hold.
+
+        Bytes of a name that are not valid UTF-8 are written as ``%XX``, as in
+        the archives (:func:`~stemzip.names.readable`).
+        """
         return {
-            "stem": self.stem,
+            "stem": readable(self.stem),
             "status": self.status.value,
-            "zip_file_path": self.zip_file_path,
-            "files": list(self.files),
-            "error": self.error,
+            "zip_file_path": _readable_or_none(self.zip_file_path),
+            "files": [readable(path) for path in self.files],
+            "error": _readable_or_none(self.error),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
+            "left_out": [readable(entry) for entry in self.left_out],
         }
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
@@ -18,8 +19,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stemzip.archive import NAME_MAX, remove_partial_files
 from stemzip.config import ParallelConfig, RunSettings, load_settings
-from stemzip.errors import ConfigError, OutputDirectoryError, StemzipError
+from stemzip.errors import (
+    ConfigError,
+    OutputDirectoryError,
+    RunInterrupted,
+    StemzipError,
+)
 from stemzip.executors import StemExecutor
+from stemzip.names import readable
 from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status, StemResult, summarise
 
@@ -69,6 +76,26 @@ def build_executor(node: Any = None) -> StemExecutor:
     return executor
 
 
+def _check_writable(folder: Path) -> None:
+    # a folder that takes no file (permissions, a read-only mount, a full
+    # disk) would fail every stem one by one; say so once, before any work
+    probe = folder / f".stemzip-probe.{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(probe, flags, 0o600)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            probe.unlink()
+    except OSError as exc:
+        raise OutputDirectoryError(
+            f"file_management.output_directory: cannot write in {folder} "
+            f"({exc.strerror or exc}); make it writable or set "
+            "file_management.output_directory=<a writable folder>"
+        ) from exc
+
+
 def _prepare_output(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +105,7 @@ def _prepare_output(folder: Path) -> None:
             f"({exc.strerror}); set file_management.output_directory="
             "<a writable folder>"
         ) from exc
+    _check_writable(folder)
 
 
 def _log_plan(text: str) -> None:
@@ -96,8 +124,8 @@ def zip_by_stem(
     result per stem, sorted by stem; failed stems are included. In a dry run
     nothing is written: the plan goes to ``show_plan`` (the log by default)
     and the stems to be zipped are reported as planned. Raises
-    :class:`~stemzip.errors.OutputDirectoryError` when the output folder
-    cannot be created, before any archive is written.
+    :class:`~stemzip.errors.OutputDirectoryError` when an output folder
+    cannot be created or written to, before any archive is written.
     """
     plan = plan_run(settings, stems)
     log.info(
@@ -115,15 +143,18 @@ def zip_by_stem(
             StemResult(job.stem, Status.PLANNED, job.archive_path, job.files)
             for job in plan.jobs
         ]
-        return sorted(planned + plan.settled, key=lambda result: result.stem)
+        return plan.noting_left_out(planned + plan.settled)
     if plan.jobs:
         # archive names may hold subfolders ({date}/{stem}.zip)
         for folder in {Path(job.archive_path).parent for job in plan.jobs}:
             _prepare_output(folder)
         remove_partial_files(plan.jobs)
 
-    results = executor.run(plan.jobs) + plan.settled
-    return sorted(results, key=lambda result: result.stem)
+    try:
+        results = executor.run(plan.jobs) + plan.settled
+    except RunInterrupted as exc:
+        raise RunInterrupted(plan.noting_left_out(exc.results + plan.settled)) from exc
+    return plan.noting_left_out(results)
 
 
 def _report_name(stem: str) -> str:
@@ -145,7 +176,8 @@ def write_error_reports(results: Sequence[StemResult], folder: Path) -> list[Pat
         if result.status is not Status.FAILED:
             continue
         path = folder / _report_name(result.stem)
-        report = result.to_dict() | {"traceback": result.traceback}
+        trace = result.traceback and readable(result.traceback)
+        report = result.to_dict() | {"traceback": trace}
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -198,7 +230,15 @@ def execute(
     settings = load_settings(cfg, base_directory())
     executor = build_executor(cfg.get("parallel_processing"))
 
-    results = zip_by_stem(settings, executor, show_plan=show_plan)
+    try:
+        results = zip_by_stem(settings, executor, show_plan=show_plan)
+    except RunInterrupted as exc:
+        log.warning(
+            "interrupted after %.2f s: %s",
+            time.perf_counter() - started,
+            summarise(exc.results).describe(),
+        )
+        raise RunInterrupted(exc.results, settings.basename) from exc
     if executor.save_error_reports:
         for path in write_error_reports(results, _report_folder(settings)):
             log.info("error report written to %s", path)
@@ -218,6 +258,13 @@ def run(
     (see :meth:`StemResult.to_dict`) and returns ``cfg``. Raises as
     :func:`execute` does.
     """
-    settings, results = execute(cfg, show_plan)
+    try:
+        settings, results = execute(cfg, show_plan)
+    except RunInterrupted as exc:
+        # the stems done so far are recorded before the interrupt goes on
+        assert exc.basename is not None
+        entries = [result.to_dict() for result in exc.results]
+        _store_results(cfg, exc.basename, entries)
+        raise
     _store_results(cfg, settings.basename, [result.to_dict() for result in results])
     return cfg

@@ -1,0 +1,187 @@
+"""Output that cannot be written: a folder refused up front, a disk that fills."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_mock import MockerFixture
+
+from stemzip import archive as archive_module
+from stemzip.config import RunSettings
+from stemzip.executors import SequentialStemExecutor
+from stemzip.results import Status
+from stemzip.task import zip_by_stem
+
+from .conftest import archive_contents, crc_of, write_run_tree
+from .test_app import STEMZIP
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder every user may read, unlike pytest's own, which is root's only."""
+    folder = Path(tempfile.mkdtemp(prefix="stemzip-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _as_nobody(folder: Path) -> dict[str, Any]:
+    """Arguments that run a subprocess as ``nobody``, or skip the test."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to user nobody needs root")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("there is no user nobody here")
+    who = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+    # the interpreter may live under a folder only root can enter (/root)
+    try:
+        tried = subprocess.run(
+            [str(STEMZIP), "--version"], cwd=folder, capture_output=True, **who
+        )
+    except PermissionError:
+        tried = None
+    if tried is None or tried.returncode != 0:
+        pytest.skip(
+            f"user nobody cannot run {STEMZIP} here (is its interpreter, "
+            f"{os.path.realpath(sys.executable)}, in a folder nobody cannot enter?)"
+        )
+    (folder / "job").mkdir()
+    os.chown(folder / "job", nobody.pw_uid, nobody.pw_gid)
+    return who
+
+
+def _read_only_mount(out: Path) -> list[str]:
+    """A command prefix that mounts ``out`` read-only for the command alone."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare command to make a private mount namespace")
+    # in a private mount namespace the mount ends with the command, and no
+    # other process sees it
+    mount = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    prefix = [unshare, "--mount", "sh", "-c", mount, str(out)]
+    tried = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a folder read-only here: {tried.stderr.strip()}")
+    return prefix
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        pytest.param("nobody", "Permission denied", id="no-permission"),
+        pytest.param("read-only", "Read-only file system", id="read-only-mount"),
+    ],
+)
+def test_unwritable_output_folder_stops_the_run_before_any_work(
+    open_folder: Path, fault: str, reason: str
+) -> None:
+    # permission bits do not stop root: the fault is made real either by
+    # running as another user or by a read-only mount
+    write_run_tree(
+        open_folder, ["run1", "run2"], {"run1_a.csv": "1", "run2_a.csv": "2"}
+    )
+    out = open_folder / "out"
+    out.mkdir()
+    prefix: list[str] = []
+    who: dict[str, Any] = {}
+    if fault == "nobody":
+        who = _as_nobody(open_folder)
+    else:
+        prefix = _read_only_mount(out)
+
+    done = subprocess.run(
+        [
+            *prefix,
+            str(STEMZIP),
+            "file_management.input_directory=stems",
+            "analysis.input_directory=data",
+            "file_management.output_directory=out",
+            "parallel_processing=sequential",
+            "hydra.run.dir=job",
+        ],
+        cwd=open_folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **who,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"file_management.output_directory: cannot write in {out} ({reason}); "
+        "make it writable or set file_management.output_directory="
+    ) in done.stderr
+    assert "wrote " not in done.stderr
+    assert list(out.iterdir()) == []
+    assert not (open_folder / "job" / "results.yaml").exists()
+
+
+class _FullDisk(io.FileIO):
+    """An archive file on a disk with room for ``room`` more bytes."""
+
+    room = 0
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data))
+        if size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= size
+        return super().write(data)
+
+
+def test_full_disk_fails_the_stems_it_hits_and_leaves_nothing_behind(
+    run_tree: Callable[..., RunSettings], mocker: MockerFixture
+) -> None:
+    # a disk cannot be filled safely on a shared machine, so the archive
+    # files of run1 and run2 get a disk that fills as they are written;
+    # run1 is small (assembled in memory, written at once) and run2 large
+    # (streamed, fails after its first MiB is on disk)
+    settings = run_tree(
+        ["run1", "run2", "run3"],
+        {
+            "run1_a.csv": "1,2\n" * 1000,
+            "run2_a.csv": os.urandom(6 << 20),
+            "run3_a.csv": "3,4\n" * 1000,
+        },
+    )
+    real_create = archive_module._create
+    rooms = {"run1": 100, "run2": 1 << 20}
+    filled: list[str] = []
+
+    def create(path: Path) -> io.FileIO:
+        stem = path.name.split(".")[1]
+        if stem not in rooms:
+            return real_create(path)
+        handle = _FullDisk(path, "xb")
+        handle.room = rooms[stem]
+        filled.append(stem)
+        return handle
+
+    mocker.patch.object(archive_module, "_create", side_effect=create)
+
+    results = {r.stem: r for r in zip_by_stem(settings, SequentialStemExecutor())}
+
+    assert sorted(set(filled)) == ["run1", "run2"]
+    for stem in ("run1", "run2"):
+        assert results[stem].status is Status.FAILED
+        assert "No space left on device" in str(results[stem].error)
+        assert results[stem].zip_file_path is None
+    assert results["run3"].status is Status.ZIPPED
+    out = settings.output_directory
+    assert sorted(p.name for p in out.iterdir()) == ["run3.zip"]
+    data = settings.data_directory
+    assert archive_contents(out / "run3.zip") == {
+        "run3_a.csv": crc_of(data / "run3_a.csv")
+    }
