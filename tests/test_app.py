@@ -349,3 +349,35 @@ def _processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_start_methods_resolve_paths_and_log_alike(tmp_path: Path, method: str) -> None:
+    stems = ["run1", "run2", "run3"]
+    write_run_tree(
+        tmp_path, stems, {f"{s}_{c}.csv": f"{s},{c}\n" for s in stems for c in "ab"}
+    )
+
+    done = stemzip(
+        tmp_path,
+        "file_management.input_directory=${hydra:runtime.cwd}/stems",
+        "analysis.input_directory=${hydra:runtime.cwd}/data",
+        "file_management.output_directory=${hydra:runtime.cwd}/zips",
+        f"parallel_processing.start_method={method}",
+        "parallel_processing.max_workers=2",
+        "hydra.run.dir=job",
+        "hydra.job.chdir=true",
+        # the workers' own DEBUG lines, one per member, must reach the log
+        "hydra.verbose=stemzip.archive",
+    )
+
+    assert done.returncode == 0, done.stderr
+    for stem in stems:
+        assert archive_contents(tmp_path / "zips" / f"{stem}.zip").keys() == {
+            f"{stem}_a.csv",
+            f"{stem}_b.csv",
+        }
+    log_text = (tmp_path / "job" / "stemzip.log").read_text()
+    assert f"2 worker processes, {method}" in log_text
+    for stem in stems:
+        assert f"added '{stem}_a.csv'" in log_text

@@ -6,9 +6,11 @@ import shutil
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from stemzip import archive as archive_module
 from stemzip.archive import (
@@ -258,6 +260,53 @@ def test_verification_rejects_an_archive_that_differs(
         match=r"run1\.zip.*run1_b\.csv|run1\.zip cannot be read",
     ):
         verify_archive(target, expected)
+
+
+class _FlippingCompressor:
+    """Compresses as zlib does, then damages one byte of what it returns."""
+
+    def __init__(self) -> None:
+        self._inner = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self._flipped = False
+
+    def compress(self, data: bytes, /) -> bytes:
+        return self._damage(self._inner.compress(data))
+
+    def flush(self) -> bytes:
+        return self._damage(self._inner.flush())
+
+    def _damage(self, out: bytes) -> bytes:
+        if self._flipped or len(out) < 100:
+            return out
+        self._flipped = True
+        return out[:50] + bytes([out[50] ^ 0xFF]) + out[51:]
+
+
+def test_archive_that_fails_verification_fails_its_stem_and_is_removed(
+    tmp_path: Path, sources: list[Path], mocker: MockerFixture
+) -> None:
+    # memory or a disk that corrupts what it is given cannot be made on
+    # demand: the compressor's output is damaged instead, after the CRC of
+    # the source was taken, as such a fault would be
+    target = tmp_path / "run1.zip"
+    with zipfile.ZipFile(target, "w") as earlier:
+        earlier.writestr("earlier.txt", "an earlier run")
+    mocker.patch.object(
+        ArchiveOptions, "new_compressor", lambda self: _FlippingCompressor()
+    )
+    job = StemJob(
+        "run1",
+        tuple(str(p) for p in sources),
+        str(target),
+        ArchiveOptions(engine="zlib", verify=True),
+    )
+
+    result = zip_stem(job)
+
+    assert result.status is Status.FAILED
+    assert "ArchiveVerificationError" in str(result.error)
+    assert archive_contents(target) == {"earlier.txt": zlib.crc32(b"an earlier run")}
+    assert not list(tmp_path.glob(".*.part")), "the bad archive is removed"
 
 
 @pytest.mark.parametrize("after", ["delete", "move"])

@@ -384,6 +384,18 @@ def test_bad_start_method_is_refused() -> None:
         ProcessPoolStemExecutor(start_method="thread")
 
 
+@pytest.mark.parametrize("value", [0, 0.0, None])
+def test_zero_or_null_timeout_sets_no_limit(tmp_path: Path, value: object) -> None:
+    jobs = _jobs(tmp_path, ["run1"])
+    executor = SequentialStemExecutor(timeout_per_file=value)
+
+    results = executor.run(jobs)
+
+    # taken as a limit, 0 s would fail the stem at its first chunk
+    assert executor.timeout is None
+    assert results[0].status is Status.ZIPPED
+
+
 def test_negative_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout_per_file must be a number"):
         SequentialStemExecutor(timeout_per_file=-1)

@@ -17,7 +17,7 @@ from typing import Any
 
 from stemzip.archive import StemJob
 from stemzip.errors import ConfigError, SchedulerUnreachableError
-from stemzip.executors import _PooledStemExecutor, _zip_batch
+from stemzip.executors import _PooledStemExecutor, _zip_batch, log_levels
 from stemzip.results import StemResult
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ class DaskStemExecutor(_PooledStemExecutor):
         return isinstance(error, KilledWorker)
 
     def _submit(self, pool: Executor, batch: list[StemJob]) -> Future[list[StemResult]]:
-        level = logging.getLogger("stemzip").getEffectiveLevel()
-        return pool.submit(_zip_batch, batch, self.timeout, level)
+        return pool.submit(_zip_batch, batch, self.timeout, log_levels())
 
     @staticmethod
     def _executor(client: Any) -> Executor:

@@ -231,7 +231,29 @@ def _batches(jobs: Sequence[StemJob], workers: int) -> list[list[StemJob]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def _start_worker(queue: Any, level: int, ledger: Any = None) -> None:
+def log_levels() -> dict[str, int]:
+    """The root logger's level and each stemzip logger's own, for a worker.
+
+    A forked worker inherits them; one started by spawn or forkserver, or on
+    another machine, would drop the records that ``hydra.verbose`` asked for.
+    """
+    levels = {"": logging.getLogger().getEffectiveLevel()}
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if (
+            name.startswith("stemzip")
+            and isinstance(logger, logging.Logger)
+            and logger.level != logging.NOTSET
+        ):
+            levels[name] = logger.level
+    return levels
+
+
+def _set_log_levels(levels: dict[str, int]) -> None:
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
+def _start_worker(queue: Any, levels: dict[str, int], ledger: Any = None) -> None:
     # the pool stops a worker with SIGTERM, which must end it at once, not
     # run the command's handler (inherited by fork) or an orderly exit that
     # could wait on a log queue
@@ -243,16 +265,20 @@ def _start_worker(queue: Any, level: int, ledger: Any = None) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.addHandler(logging.handlers.QueueHandler(queue))
-    root.setLevel(level)
+    _set_log_levels(levels)
 
 
 def _zip_batch(
-    batch: list[StemJob], timeout: float | None, log_level: int | None = None
+    batch: list[StemJob],
+    timeout: float | None,
+    levels: dict[str, int] | None = None,
 ) -> list[StemResult]:
-    if log_level is not None:
+    if levels is not None:
         # a worker that nobody configured drops INFO lines before any
-        # handler, or any forwarding, can see them
-        logging.getLogger("stemzip").setLevel(log_level)
+        # handler, or any forwarding, can see them; its root logger is left
+        # to whoever runs the worker
+        own = {name: level for name, level in levels.items() if name}
+        _set_log_levels({"stemzip": levels[""]} | own)
     return [zip_stem(job, timeout) for job in batch]
 
 
@@ -436,7 +462,7 @@ class ProcessPoolStemExecutor(_PooledStemExecutor):
             pool = ProcessPool(
                 workers,
                 initializer=_start_worker,
-                initargs=(queue, logging.getLogger().getEffectiveLevel(), ledger),
+                initargs=(queue, log_levels(), ledger),
                 context=context,
             )
             try:
