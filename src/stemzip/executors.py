@@ -468,14 +468,11 @@ class ProcessPoolStemExecutor(_PooledStemExecutor):
             try:
                 supervisor = Supervisor(pool, ledger, self.timeout, record)
                 supervisor.run(batches)
-            except BaseException:
-                # an interrupt, or a pool gone wrong: no worker may go on
-                # writing archives, nor outlive the run
-                pool.stop()  # type: ignore[no-untyped-call]  # pebble 5.2 has no hints
-                raise
-            else:
-                pool.close()  # type: ignore[no-untyped-call]
             finally:
+                # every stem is accounted for, or the run is interrupted or
+                # the pool broke: either way no worker may go on writing
+                # archives, nor outlive the run
+                pool.stop()  # type: ignore[no-untyped-call]  # pebble has no hints
                 pool.join()
         except (StemzipError, KeyboardInterrupt):
             remove_partial_files(jobs)
