@@ -27,7 +27,7 @@ from stemzip.executors import (
     _batches,
 )
 from stemzip.plan import plan_run
-from stemzip.results import Status
+from stemzip.results import Status, StemResult
 
 from .conftest import archive_contents, crc_of
 
@@ -195,6 +195,21 @@ def _signal_writer(folder: Path, archive: str, signum: int) -> threading.Thread:
     return thread
 
 
+def _only_second_failed(results: list[StemResult], jobs: list[StemJob]) -> str:
+    """Check the second stem alone failed and the others' archives; its error."""
+    assert [r.status for r in results] == [
+        Status.ZIPPED,
+        Status.FAILED,
+        Status.ZIPPED,
+        Status.ZIPPED,
+    ]
+    for job in (jobs[0], jobs[2], jobs[3]):
+        expected = {Path(f).name: crc_of(Path(f)) for f in job.files}
+        assert archive_contents(Path(job.archive_path)) == expected
+    assert not Path(jobs[1].archive_path).exists()
+    return str(results[1].error)
+
+
 needs_proc = pytest.mark.skipif(
     not Path("/proc/self/fd").is_dir(), reason="finds the worker through /proc"
 )
@@ -212,19 +227,12 @@ def test_dead_worker_fails_its_stem_and_the_rest_go_on(
     results = ProcessPoolStemExecutor(max_workers=2).run(jobs)
     killer.join(timeout=5)
 
-    assert [r.status for r in results] == [
-        Status.ZIPPED,
-        Status.FAILED,
-        Status.ZIPPED,
-        Status.ZIPPED,
-    ]
-    name = signal.Signals(signum).name
-    assert "worker process (pid" in str(results[1].error)
-    assert f"died while archiving this stem: killed by {name}" in str(results[1].error)
-    for job in (jobs[0], jobs[2], jobs[3]):
-        expected = {Path(f).name: crc_of(Path(f)) for f in job.files}
-        assert archive_contents(Path(job.archive_path)) == expected
-    assert not Path(jobs[1].archive_path).exists()
+    error = _only_second_failed(results, jobs)
+    assert "worker process (pid" in error
+    assert (
+        f"died while archiving this stem: killed by {signal.Signals(signum).name}"
+        in error
+    )
     assert not list(tmp_path.glob(".*.part")), "the dead worker's file is removed"
     assert not multiprocessing.active_children(), "no worker outlives the run"
 
@@ -267,14 +275,9 @@ def test_worker_stuck_past_its_time_limit_is_replaced(tmp_path: Path) -> None:
     stopper.join(timeout=5)
 
     assert time.monotonic() - started < 30
-    assert [r.status for r in results] == [
-        Status.ZIPPED,
-        Status.FAILED,
-        Status.ZIPPED,
-        Status.ZIPPED,
-    ]
-    assert "took longer than timeout_per_file=1 s" in str(results[1].error)
-    assert "the worker was stopped and replaced" in str(results[1].error)
+    error = _only_second_failed(results, jobs)
+    assert "took longer than timeout_per_file=1 s" in error
+    assert "the worker was stopped and replaced" in error
     assert not list(tmp_path.glob(".*.part"))
     assert not multiprocessing.active_children(), "the stopped worker is gone"
 
@@ -460,13 +463,5 @@ def test_dask_stem_whose_worker_dies_fails_and_the_rest_go_on(
         results = DaskStemExecutor(max_workers=2).run(jobs)
         killer.join(timeout=5)
 
-    assert [r.status for r in results] == [
-        Status.ZIPPED,
-        Status.FAILED,
-        Status.ZIPPED,
-        Status.ZIPPED,
-    ]
-    assert "the worker archiving this stem died (KilledWorker" in str(results[1].error)
-    for job in (jobs[0], jobs[2], jobs[3]):
-        expected = {Path(f).name: crc_of(Path(f)) for f in job.files}
-        assert archive_contents(Path(job.archive_path)) == expected
+    error = _only_second_failed(results, jobs)
+    assert "the worker archiving this stem died (KilledWorker" in error
