@@ -95,6 +95,15 @@ def test_example_with_no_arguments(example: Path) -> None:
     assert "4 zipped, 0 skipped, 1 no_files, 0 failed" in log
 
 
+def test_local_dask_cluster_logs_only_the_run(example: Path) -> None:
+    done = stemzip(example, "parallel_processing=dask", "hydra.run.dir=job")
+
+    assert done.returncode == 0, done.stderr
+    log = (example / "job" / "stemzip.log").read_text()
+    assert log.count("wrote ") == 4, "lines logged on the workers come back"
+    assert "[distributed." not in log, "the cluster's start and stop are no news"
+
+
 def test_python_dash_m_and_overrides_on_another_tree(tmp_path: Path) -> None:
     write_run_tree(
         tmp_path, ["a", "b"], {"a_1.dat": "1", "b_1.dat": "2", "a_2.csv": "x"}
@@ -219,7 +228,15 @@ def test_help_names_the_groups(tmp_path: Path) -> None:
         pytest.param("nosuchkey=1", "nosuchkey", id="unknown-key"),
         pytest.param("parallel_processing=gpu", "parallel_processing", id="option"),
         pytest.param(
-            "file_management.filename.extension=yml", "extension", id="string-for-list"
+            "file_management.filename.extension=yml",
+            "file_management.filename.extension must be a list of strings, got "
+            "'yml'; write it as a list, e.g. file_management.filename.extension=[yml]",
+            id="string-for-list",
+        ),
+        pytest.param(
+            "analysis.filename.filters.include=run*",
+            "analysis.filename.filters.include must be a list of strings, got 'run*'",
+            id="string-for-filter-list",
         ),
     ],
 )

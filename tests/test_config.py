@@ -80,7 +80,6 @@ def test_overrides(
             "timeout_per_file",
             id="timeout",
         ),
-        pytest.param("file_management.filename.extension=yml", "extension", id="list"),
         pytest.param("default.config.overwrite.output=sometimes", "output", id="bool"),
         pytest.param("archive.nonsense=1", "nonsense", id="unknown-key"),
     ],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -223,9 +225,17 @@ def test_dead_worker_fails_its_stem_and_the_rest_go_on(
     jobs = _jobs(tmp_path, ["run1", "run2", "run3", "run4"])
     jobs[1] = _slow_stem(tmp_path, jobs[1])
 
-    killer = _signal_writer(tmp_path, "run2.zip", signum)
-    results = ProcessPoolStemExecutor(max_workers=2).run(jobs)
-    killer.join(timeout=5)
+    # a worker forked from pytest inherits its fault handler, which would
+    # print the crash we cause as if the test run had crashed
+    handling = faulthandler.is_enabled()
+    faulthandler.disable()
+    try:
+        killer = _signal_writer(tmp_path, "run2.zip", signum)
+        results = ProcessPoolStemExecutor(max_workers=2).run(jobs)
+        killer.join(timeout=5)
+    finally:
+        if handling:
+            faulthandler.enable(sys.__stderr__)
 
     error = _only_second_failed(results, jobs)
     assert "worker process (pid" in error

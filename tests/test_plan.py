@@ -41,6 +41,38 @@ def test_jobs_settled_and_unmatched(run_tree: Callable[..., RunSettings]) -> Non
     assert plan.unmatched == ["loose.csv"]
 
 
+@pytest.mark.parametrize(
+    ("stem_filter", "warning"),
+    [
+        pytest.param(
+            NameFilter(),
+            "no stem files (extension yml) in ",
+            id="no-stem-files",
+        ),
+        pytest.param(
+            NameFilter(include=("case*",)),
+            "the file_management.filename.filters leave out all 2 stem files in ",
+            id="all-filtered-out",
+        ),
+    ],
+)
+def test_a_run_without_stems_says_so(
+    run_tree: Callable[..., RunSettings],
+    caplog: pytest.LogCaptureFixture,
+    stem_filter: NameFilter,
+    warning: str,
+) -> None:
+    stems = [] if not stem_filter.include else ["run1", "run10"]
+    settings = run_tree(stems, DATA, stem_filter=stem_filter)
+
+    plan = plan_run(settings)
+
+    assert plan.stems == [] and plan.jobs == []
+    first = next(r for r in caplog.records if r.levelno == logging.WARNING)
+    assert first.getMessage().startswith(warning)
+    assert "nothing to zip" in first.getMessage()
+
+
 def test_files_of_filtered_out_stems_are_left_alone(
     run_tree: Callable[..., RunSettings], caplog: pytest.LogCaptureFixture
 ) -> None:

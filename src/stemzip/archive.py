@@ -359,7 +359,9 @@ def remove_partial_files(jobs: Sequence[StemJob]) -> int:
             ]
         for path in stale:
             if _abandoned(path):
-                log.warning("removing %s, left by an interrupted run", path)
+                log.warning(
+                    "removing %s, an unfinished archive whose writer is gone", path
+                )
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 removed += 1
@@ -513,7 +515,14 @@ def _dispose_sources(job: StemJob) -> None:
     if job.options.after == "delete":
         for source, _ in job.members():
             os.unlink(source)
-        log.info("deleted %d sources of %r", len(job.files), job.stem)
+        # logged by the worker, so it may come before the main process's
+        # "wrote" line: it names the archive they are safe in
+        log.info(
+            "deleted %d sources of %r, now held by verified %s",
+            len(job.files),
+            job.stem,
+            job.archive_path,
+        )
     elif job.options.after == "move":
         assert job.options.move_to is not None
         folder = Path(job.options.move_to)
@@ -524,7 +533,13 @@ def _dispose_sources(job: StemJob) -> None:
         for source, target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, target)
-        log.info("moved %d sources of %r to %s", len(targets), job.stem, folder)
+        log.info(
+            "moved %d sources of %r to %s, now also held by verified %s",
+            len(targets),
+            job.stem,
+            folder,
+            job.archive_path,
+        )
 
 
 def _raise_timeout(signum: int, frame: Any) -> None:

@@ -26,6 +26,21 @@ log = logging.getLogger(__name__)
 _CONNECT_TIMEOUT = 30
 
 
+@contextmanager
+def _quiet_cluster() -> Iterator[None]:
+    # a local cluster's scheduler runs in this process and logs every start
+    # and stop of its parts at INFO; its warnings (a worker lost) still show.
+    # distributed sets its loggers' levels when imported, after Hydra has
+    # configured logging, so hydra.job_logging cannot do this
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class DaskStemExecutor(_PooledStemExecutor):
     """Runs batches of stems as tasks on a ``dask.distributed`` cluster.
 
@@ -72,6 +87,7 @@ class DaskStemExecutor(_PooledStemExecutor):
                 yield self._executor(client)
             return
         with (
+            _quiet_cluster(),
             LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,

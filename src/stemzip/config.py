@@ -26,22 +26,27 @@ from stemzip.grouping import NameFilter
 log = logging.getLogger(__name__)
 
 
+# The lists below are typed Any, not list[str], so that a plain string given
+# for one (extension=csv) reaches load_settings, whose message names the key,
+# the value and the list to write instead; the schema's own message does not.
+
+
 @dataclass
 class NameFilters:
     # keep only names that contain every one of these substrings
-    contains: list[str] = field(default_factory=list)
+    contains: Any = field(default_factory=list)
     # drop names that contain any of these substrings
-    not_contains: list[str] = field(default_factory=list)
+    not_contains: Any = field(default_factory=list)
     # keep only names matching one of these glob patterns; empty keeps all
-    include: list[str] = field(default_factory=list)
+    include: Any = field(default_factory=list)
     # drop names matching any of these glob patterns
-    exclude: list[str] = field(default_factory=list)
+    exclude: Any = field(default_factory=list)
 
 
 @dataclass
 class StemFilename:
     # extensions of the stem files, without the dot; "yml" selects "run1.yml"
-    extension: list[str] = field(default_factory=lambda: ["yml"])
+    extension: Any = field(default_factory=lambda: ["yml"])
     # filters applied to stem file names
     filters: NameFilters = field(default_factory=NameFilters)
 
@@ -58,7 +63,7 @@ class FileManagementConfig:
 @dataclass
 class DataFilename:
     # extensions of the data files to archive, without the dot
-    extension: list[str] = field(default_factory=lambda: ["csv"])
+    extension: Any = field(default_factory=lambda: ["csv"])
     # filters applied to data file paths, relative to the data folder
     filters: NameFilters = field(default_factory=NameFilters)
 

@@ -141,6 +141,27 @@ def _odd_entries(
     }
 
 
+def _warn_no_stems(settings: RunSettings, found: int) -> None:
+    # most often a wrong folder or extension: the run succeeds with nothing
+    # done, so the log must say so plainly
+    extensions = ", ".join(settings.stem_extensions)
+    if found:
+        log.warning(
+            "the file_management.filename.filters leave out all %d stem files "
+            "in %s; nothing to zip",
+            found,
+            settings.stem_directory,
+        )
+    else:
+        log.warning(
+            "no stem files (extension %s) in %s; nothing to zip. Check "
+            "file_management.input_directory and "
+            "file_management.filename.extension",
+            extensions,
+            settings.stem_directory,
+        )
+
+
 def _group(
     settings: RunSettings, stems: Sequence[str] | None
 ) -> tuple[dict[str, list[str]], list[str], frozenset[str], dict[str, list[str]]]:
@@ -152,6 +173,8 @@ def _group(
             settings.stem_filter,
             settings.include_hidden,
         )
+        if not stems:
+            _warn_no_stems(settings, len(every_stem))
     else:
         every_stem = list(stems)
     listing = scan_folder(

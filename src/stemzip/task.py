@@ -128,16 +128,15 @@ def zip_by_stem(
     cannot be created or written to, before any archive is written.
     """
     plan = plan_run(settings, stems)
-    log.info(
-        "zipping %d stems (%d to write) from %s into %s, %s, %s",
-        len(plan.stems),
-        len(plan.jobs),
-        settings.data_directory,
-        settings.output_directory,
-        executor.describe(len(plan.jobs)),
-        settings.archive.describe(),
-    )
     if settings.dry_run:
+        log.info(
+            "dry run over %d stems (%d would be written) from %s into %s, %s",
+            len(plan.stems),
+            len(plan.jobs),
+            settings.data_directory,
+            settings.output_directory,
+            settings.archive.describe(),
+        )
         (show_plan or _log_plan)(describe_plan(plan))
         planned = [
             StemResult(job.stem, Status.PLANNED, job.archive_path, job.files)
@@ -149,6 +148,15 @@ def zip_by_stem(
         for folder in {Path(job.archive_path).parent for job in plan.jobs}:
             _prepare_output(folder)
         remove_partial_files(plan.jobs)
+    log.info(
+        "zipping %d stems (%d to write) from %s into %s, %s, %s",
+        len(plan.stems),
+        len(plan.jobs),
+        settings.data_directory,
+        settings.output_directory,
+        executor.describe(len(plan.jobs)),
+        settings.archive.describe(),
+    )
 
     try:
         results = executor.run(plan.jobs) + plan.settled
