@@ -242,3 +242,18 @@ def test_dry_run_says_what_becomes_of_the_sources(
     settings = run_tree(["run1"], DATA, archive=options, dry_run=True)
 
     assert f"run1: {words}" in describe_plan(plan_run(settings))
+
+
+def test_a_folder_where_an_archive_goes_fails_its_stem_when_planned(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(["run1", "run10"], DATA, dry_run=True)
+    (settings.output_directory / "run1.zip").mkdir(parents=True)
+
+    plan = plan_run(settings)
+
+    assert [job.stem for job in plan.jobs] == ["run10"]
+    (blocked,) = plan.settled
+    assert blocked.status is Status.FAILED
+    assert "is a folder, where this stem's archive would go" in str(blocked.error)
+    assert "run1: fail (a folder is in the way)" in describe_plan(plan)

@@ -134,7 +134,10 @@ def test_task_writes_results_under_basename(tmp_path: Path) -> None:
     ]
     assert first["error"] is None
     assert entries[1]["zip_file_path"] is None
-    assert "IsADirectoryError" in entries[1]["error"]
+    assert entries[1]["error"] == (
+        f"IsADirectoryError: {tmp_path / 'out' / 'run10.zip'} is a folder, where "
+        "this stem's archive would go; move it away or choose another archive.name"
+    )
     assert entries[1]["left_out"] == ["run10_b.csv: dangling link"]
     assert entries[3] == {
         "stem": "run2",
@@ -172,16 +175,22 @@ def test_task_on_a_plain_dict_resolves_relative_to_cwd(
 
 
 def test_error_reports(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "parallel_processing.save_error_reports=true")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "run1.zip").mkdir()
+    cfg = _config(
+        tmp_path,
+        "parallel_processing.save_error_reports=true",
+        "parallel_processing.timeout_per_file=0.2",
+    )
+    with (tmp_path / "data" / "run1_big.csv").open("wb") as sparse:
+        sparse.truncate(1 << 30)  # seconds to read, no disk
 
     run(cfg)
 
     report = json.loads((tmp_path / "out" / "errors" / "run1.error.json").read_text())
     assert report["stem"] == "run1"
     assert report["status"] == "failed"
-    assert "IsADirectoryError" in report["traceback"]
+    assert str(tmp_path / "data" / "run1_big.csv") in report["files"]
+    assert "timeout_per_file=0.2" in report["error"]
+    assert "StemTimeoutError" in report["traceback"]
     assert sorted(p.name for p in (tmp_path / "out" / "errors").iterdir()) == [
         "run1.error.json"
     ]

@@ -403,8 +403,15 @@ def _check_replaceable(target: Path) -> None:
     try:
         with open(target, "rb") as existing:
             head = existing.read(4)
-    except (FileNotFoundError, IsADirectoryError):
-        return  # nothing there, or a folder that the rename will refuse
+    except FileNotFoundError:
+        return
+    except IsADirectoryError as exc:
+        # made since the run was planned, or a job built without a plan
+        raise IsADirectoryError(
+            exc.errno,
+            f"{target} is a folder, where this stem's archive would go; move it "
+            "away or choose another archive.name",
+        ) from exc
     if head not in _ZIP_SIGNATURES:
         raise NotAnArchiveError(
             f"{target} exists and is not a ZIP archive; stemzip replaces only "

@@ -60,7 +60,7 @@ class DaskStemExecutor(_PooledStemExecutor):
         except ImportError as exc:
             raise ConfigError(
                 "parallel_processing=dask needs dask.distributed; install it with "
-                "pip install 'stemzip[dask]'"
+                "pip install 'stemzip[dask]' (from a checkout: pip install '.[dask]')"
             ) from exc
         self.address = address
 

@@ -344,7 +344,8 @@ def _archive_name(cfg: Any) -> str:
     if not fields <= _NAME_FIELDS or "stem" not in fields:
         raise ConfigError(
             f"{key} {template!r} must contain {{stem}} and may use only "
-            f"{{stem}}, {{date}} and {{time}}; e.g. {key}='{{stem}}_{{date}}.zip'"
+            f"{{stem}}, {{date}} and {{time}}; e.g. \"{key}='{{stem}}_{{date}}.zip'\" "
+            "(quoted so that the shell keeps the inner quotes for Hydra)"
         )
     sample = PurePosixPath(template.format(stem="s", date="d", time="t"))
     if sample.is_absolute() or ".." in sample.parts or "\\" in template:

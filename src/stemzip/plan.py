@@ -310,6 +310,14 @@ def _decide(
         arcnames=tuple(members) if settings.recursive else (),
         size=sum(_size(path) for path in files),
     )
+    if target.is_dir():
+        error = (
+            f"IsADirectoryError: {target} is a folder, where this stem's archive "
+            "would go; move it away or choose another archive.name"
+        )
+        log.error("stem %r failed: %s", stem, error)
+        blocked = StemResult(stem, Status.FAILED, None, files, error)
+        return blocked, "fail (a folder is in the way)"
     if settings.if_exists == "overwrite" or not target.is_file():
         return job, None
     return _existing_archive(settings, job)
