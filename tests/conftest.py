@@ -108,3 +108,19 @@ def dask_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             for process in reversed(processes):
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def assert_plain_data(value: object) -> None:
+    """``value`` holds only dicts, lists, strings, numbers, booleans and None.
+
+    Exact types: a ``str`` subclass such as an enum member is not plain.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert type(key) is str, key
+            assert_plain_data(item)
+    elif isinstance(value, list):
+        for item in value:
+            assert_plain_data(item)
+    else:
+        assert type(value) in (str, int, float, bool, type(None)), repr(value)

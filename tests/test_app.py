@@ -16,7 +16,7 @@ import yaml
 
 from stemzip import __version__
 
-from .conftest import archive_contents, crc_of, write_run_tree
+from .conftest import archive_contents, assert_plain_data, crc_of, write_run_tree
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 STEMZIP = Path(sys.executable).with_name("stemzip")
@@ -298,6 +298,27 @@ def test_readme_project_config(tmp_path: Path) -> None:
     assert done.stdout == ""
 
 
+def test_results_file_is_plain_data_with_names_as_they_are(tmp_path: Path) -> None:
+    write_run_tree(tmp_path, ["run1"], {"run1_${oops}.csv": "1", "run1_a.csv": "2"})
+
+    done = stemzip(
+        tmp_path,
+        "file_management.input_directory=stems",
+        "analysis.input_directory=data",
+        "hydra.run.dir=job",
+    )
+
+    assert done.returncode == 0, done.stderr
+    saved = yaml.safe_load((tmp_path / "job" / "results.yaml").read_text())
+    assert_plain_data(saved["zip_utilities"])
+    (entry,) = saved["zip_utilities"]
+    assert entry["status"] == "zipped"
+    assert entry["files"] == [
+        str(tmp_path / "data" / "run1_${oops}.csv"),
+        str(tmp_path / "data" / "run1_a.csv"),
+    ]
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(example: Path) -> None:
     data = example / "examples" / "runs"
     before = sorted(p for p in data.rglob("*"))
@@ -335,7 +356,7 @@ def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> N
     process = subprocess.Popen(
         [str(STEMZIP), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    time.sleep(2)
+    first = _first_replaced(out, stems, process)
 
     process.send_signal(sig)  # to the command alone, as a batch scheduler may
     sent = time.monotonic()
@@ -345,6 +366,7 @@ def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> N
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr.decode()
     done = {r["stem"]: r for r in _results(tmp_path / "job")}
+    assert first in done, "the results of stems done are saved"
     assert len(done) < len(stems), "queued stems were dropped"
     for stem in stems:
         members = set(archive_contents(out / f"{stem}.zip"))
@@ -355,6 +377,19 @@ def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> N
             assert members == {"old.txt"}, "an earlier archive is left intact"
     assert not list(out.glob(".*.part"))
     assert not _processes_mentioning(str(tmp_path)), "no worker outlives the run"
+
+
+def _first_replaced(
+    out: Path, stems: list[str], process: subprocess.Popen[bytes]
+) -> str:
+    """Wait until the run has replaced one earlier archive; that stem."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        for stem in stems:
+            if f"{stem}_big.csv" in archive_contents(out / f"{stem}.zip"):
+                return stem
+        time.sleep(0.02)
+    raise AssertionError("no archive was written")
 
 
 def _processes_mentioning(text: str) -> list[int]:

@@ -220,7 +220,7 @@ needs_proc = pytest.mark.skipif(
 @needs_proc
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV])
 def test_dead_worker_fails_its_stem_and_the_rest_go_on(
-    tmp_path: Path, signum: int
+    tmp_path: Path, signum: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     jobs = _jobs(tmp_path, ["run1", "run2", "run3", "run4"])
     jobs[1] = _slow_stem(tmp_path, jobs[1])
@@ -245,10 +245,15 @@ def test_dead_worker_fails_its_stem_and_the_rest_go_on(
     )
     assert not list(tmp_path.glob(".*.part")), "the dead worker's file is removed"
     assert not multiprocessing.active_children(), "no worker outlives the run"
+    assert "remaining stems in this process" not in caplog.text, (
+        "the pool itself went on"
+    )
 
 
 @needs_proc
-def test_stems_of_a_dead_workers_batch_are_kept_or_run_again(tmp_path: Path) -> None:
+def test_stems_of_a_dead_workers_batch_are_kept_or_run_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # one worker and 24 stems go out in batches of three; the worker dies on
     # the middle stem of the second batch, after the first stem of that batch
     # was archived and before the third was reached
@@ -263,6 +268,9 @@ def test_stems_of_a_dead_workers_batch_are_kept_or_run_again(tmp_path: Path) -> 
     assert [r.stem for r in results] == stems
     failed = [r.stem for r in results if r.status is Status.FAILED]
     assert failed == ["case04"]
+    assert "remaining stems in this process" not in caplog.text, (
+        "a new worker took the rest"
+    )
     kept = results[3]
     assert kept.status is Status.ZIPPED
     assert kept.bytes_in == Path(jobs[3].files[0]).stat().st_size
@@ -447,6 +455,9 @@ def test_dask_stem_whose_worker_dies_fails_and_the_rest_go_on(
     tmp_path: Path,
 ) -> None:
     dask = pytest.importorskip("dask")
+    # distributed adds its defaults to dask's config when first imported;
+    # imported inside dask.config.set below, they would vanish on leaving it
+    pytest.importorskip("distributed")
     jobs = _jobs(tmp_path, ["run1", "run2", "run3", "run4"])
     jobs[1] = _slow_stem(tmp_path, jobs[1])
 

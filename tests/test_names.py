@@ -24,7 +24,7 @@ from stemzip.plan import describe_plan, plan_run
 from stemzip.results import Status, StemResult
 from stemzip.task import run, write_error_reports, zip_by_stem
 
-from .conftest import archive_contents, crc_of, write_run_tree
+from .conftest import archive_contents, assert_plain_data, crc_of, write_run_tree
 from .test_app import stemzip
 
 NFC = "caf\u00e9"  # é as one character, as typed on Linux
@@ -55,7 +55,8 @@ def _all_strings(value: Any) -> list[str]:
 
 
 def _assert_plain(value: Any) -> None:
-    """Every string in ``value`` can be written as UTF-8, as YAML needs."""
+    """``value`` is plain data, and its strings can be written as UTF-8."""
+    assert_plain_data(value)
     for text in _all_strings(value):
         text.encode("utf-8")
 

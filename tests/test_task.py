@@ -20,7 +20,7 @@ from stemzip.executors import (
 from stemzip.results import Status, StemResult
 from stemzip.task import build_executor, run, write_error_reports, zip_by_stem
 
-from .conftest import archive_contents, crc_of, write_run_tree
+from .conftest import archive_contents, assert_plain_data, crc_of, write_run_tree
 
 DATA = {
     "run1-c.csv": "1\n",
@@ -313,5 +313,6 @@ def test_names_that_look_like_interpolations_read_back_literally(
     (entry,) = [e for e in cfg.zip_utilities if e.stem == "run2"]
     assert entry.files[0] == str(tmp_path / "data" / "run2_${oops}.csv")
     resolved = OmegaConf.to_container(cfg.zip_utilities, resolve=True)
+    assert_plain_data(resolved)
     assert str(tmp_path / "data" / "run2_${oops}.csv") in resolved[3]["files"]
     assert list(archive_contents(Path(entry.zip_file_path))) == ["run2_${oops}.csv"]
