@@ -135,14 +135,29 @@ def test_failed_stem_exits_one_and_is_in_the_results(example: Path) -> None:
     zipped = example / "examples" / "zipped"
     (zipped / "FST2F_FST1F_LWL_045deg.zip").mkdir(parents=True)
 
-    done = stemzip(example, "hydra.run.dir=job", "parallel_processing.max_workers=2")
+    done = stemzip(
+        example,
+        "hydra.run.dir=job",
+        "parallel_processing.max_workers=2",
+        "parallel_processing.save_error_reports=true",
+    )
 
     assert done.returncode == 1
     by_stem = {r["stem"]: r for r in _results(example / "job")}
-    assert by_stem["FST2F_FST1F_LWL_045deg"]["status"] == "failed"
-    assert "IsADirectoryError" in str(by_stem["FST2F_FST1F_LWL_045deg"]["error"])
+    failed = by_stem["FST2F_FST1F_LWL_045deg"]
+    assert failed["status"] == "failed"
+    assert "IsADirectoryError" in str(failed["error"])
     assert by_stem["FST2F_FST1F_LWL_000deg"]["status"] == "zipped"
     assert "1 failed" in (example / "job" / "stemzip.log").read_text()
+    # the report goes to the job folder, beside the log, not among the archives
+    (report_path,) = (example / "job" / "errors").iterdir()
+    assert report_path.name == "FST2F_FST1F_LWL_045deg.error.json"
+    report = json.loads(report_path.read_text())
+    assert report["stem"] == "FST2F_FST1F_LWL_045deg"
+    assert report["files"] == failed["files"]
+    assert report["error"] == failed["error"]
+    assert "traceback" in report
+    assert not (zipped / "errors").exists()
 
 
 def test_missing_folder_exits_two_naming_the_key(tmp_path: Path) -> None:

@@ -215,6 +215,36 @@ def _fits(stem: str, name: str) -> bool:
 def test_every_file_lands_once_in_its_longest_stem(
     stems: set[str], names: set[str]
 ) -> None:
+    _check_grouping(stems, names)
+
+
+_words = st.text(_name_chars, min_size=1, max_size=4)
+_separators = st.sampled_from(["_", "-", ".", " ", "\u0301", "1", "a"])
+
+
+@st.composite
+def _nested_campaigns(draw: st.DrawFn) -> tuple[set[str], set[str]]:
+    """Stems that extend each other (a, a_b, a_b-c) and names built on them."""
+    stems = set(draw(st.lists(_words, min_size=1, max_size=3)))
+    for _ in range(draw(st.integers(0, 5))):
+        base = draw(st.sampled_from(sorted(stems)))
+        stems.add(base + draw(_separators) + draw(_words))
+    names = set()
+    for _ in range(draw(st.integers(1, 15))):
+        base = draw(st.sampled_from(sorted(stems)))
+        names.add(base + draw(_separators) + draw(_words) + ".csv")
+    return stems, names
+
+
+@given(campaign=_nested_campaigns())
+def test_names_built_on_nested_stems_go_to_the_longest(
+    campaign: tuple[set[str], set[str]],
+) -> None:
+    # random names rarely fit two stems at once; these are made to
+    _check_grouping(*campaign)
+
+
+def _check_grouping(stems: set[str], names: set[str]) -> None:
     grouping = group_by_stem(stems, names)
 
     placed = [name for members in grouping.members.values() for name in members]
