@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pytest_mock import MockerFixture
 
 from stemzip import archive as archive_module
@@ -185,3 +186,72 @@ def test_full_disk_fails_the_stems_it_hits_and_leaves_nothing_behind(
     assert archive_contents(out / "run3.zip") == {
         "run3_a.csv": crc_of(data / "run3_a.csv")
     }
+
+
+def _tiny_disk(out: Path, kept: Path) -> list[str]:
+    """A command prefix that runs the command on a 1 MiB file system at ``out``.
+
+    The file system is mounted in a private mount namespace, so it ends with
+    the command and no other process sees it; what the command left on it is
+    copied to ``kept`` first.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare command to make a private mount namespace")
+    script = (
+        'kept="$1"; shift; mount -t tmpfs -o size=1m stemzip-test "$0" || exit 99; '
+        '"$@"; status=$?; cp -a "$0/." "$kept"; exit $status'
+    )
+    prefix = [unshare, "--mount", "sh", "-c", script, str(out), str(kept)]
+    tried = subprocess.run([*prefix, "true"], capture_output=True, text=True)
+    if tried.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {tried.stderr.strip()}")
+    return prefix
+
+
+def test_a_disk_that_really_fills_fails_the_stems_it_hits(tmp_path: Path) -> None:
+    # run2 is streamed (over 4 MiB) and fails part way; run4 is assembled in
+    # memory and fails on its one write; run1 and run3 fit
+    write_run_tree(
+        tmp_path,
+        ["run1", "run2", "run3", "run4"],
+        {
+            "run1_a.csv": "1,2\n" * 1000,
+            "run2_a.csv": os.urandom(6 << 20),
+            "run3_a.csv": "3,4\n" * 1000,
+            "run4_a.csv": os.urandom(2 << 20),
+        },
+    )
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    out.mkdir()
+    kept.mkdir()
+    prefix = _tiny_disk(out, kept)
+
+    done = subprocess.run(
+        [
+            *prefix,
+            str(STEMZIP),
+            "file_management.input_directory=stems",
+            "analysis.input_directory=data",
+            "file_management.output_directory=out",
+            "parallel_processing=sequential",
+            "hydra.run.dir=job",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 1, done.stderr
+    saved = yaml.safe_load((tmp_path / "job" / "results.yaml").read_text())
+    by_stem = {entry["stem"]: entry for entry in saved["zip_utilities"]}
+    for stem in ("run2", "run4"):
+        assert by_stem[stem]["status"] == "failed"
+        assert "[Errno 28] No space left on device" in by_stem[stem]["error"]
+        assert by_stem[stem]["zip_file_path"] is None
+    assert sorted(p.name for p in kept.iterdir()) == ["run1.zip", "run3.zip"]
+    for stem in ("run1", "run3"):
+        assert by_stem[stem]["status"] == "zipped"
+        source = tmp_path / "data" / f"{stem}_a.csv"
+        assert archive_contents(kept / f"{stem}.zip") == {source.name: crc_of(source)}

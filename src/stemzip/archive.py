@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import io
 import logging
 import lzma
@@ -459,13 +460,33 @@ def changed_members(
     return changed + len(held)
 
 
+class _ArchiveFile(io.FileIO):
+    """An unbuffered archive file whose writes are never short.
+
+    A raw write may store only part of its data (a disk filling up, a
+    signal) and says so only in the count it returns, which zipfile does not
+    check; the rest is written here, so a full disk raises ENOSPC instead of
+    leaving an archive with a hole in it.
+    """
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            written = super().write(view[done:])
+            if not written:  # not for a regular file; never loop on it
+                raise OSError(errno.EIO, f"{self.name}: a write stored nothing")
+            done += written
+        return done
+
+
 def _create(path: Path) -> io.FileIO:
     # unbuffered: a small archive arrives in one write, a large one in chunks
     try:
-        return io.FileIO(path, "xb")
+        return _ArchiveFile(path, "xb")
     except FileNotFoundError:  # a subfolder of the archive name, made on demand
         path.parent.mkdir(parents=True, exist_ok=True)
-        return io.FileIO(path, "xb")
+        return _ArchiveFile(path, "xb")
 
 
 def write_archive(
