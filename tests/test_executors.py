@@ -486,3 +486,46 @@ def test_dask_stem_whose_worker_dies_fails_and_the_rest_go_on(
 
     error = _only_second_failed(results, jobs)
     assert "the worker archiving this stem died (KilledWorker" in error
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _parent(pid: int) -> int:
+    # the fourth field of /proc/<pid>/stat, after the parenthesised name
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+@needs_proc
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_workers_are_started_the_way_asked(tmp_path: Path, method: str) -> None:
+    jobs = _jobs(tmp_path, ["run1", "run2"])
+    jobs[1] = _slow_stem(tmp_path, jobs[1])
+    seen: dict[str, str] = {}
+
+    def look() -> None:
+        pid = _writer_of(tmp_path, "run2.zip")
+        seen["worker"] = _cmdline(pid)
+        seen["parent"] = _cmdline(_parent(pid))
+
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    executor = ProcessPoolStemExecutor(
+        max_workers=2, start_method=method, timeout_per_file=1
+    )
+    results = executor.run(jobs)
+    watcher.join(timeout=5)
+
+    assert [r.status for r in results] == [Status.ZIPPED, Status.FAILED]
+    ours = _cmdline(os.getpid())
+    if method == "fork":
+        # a copy of this process, whose command line it keeps
+        assert (seen["worker"], seen["parent"]) == (ours, ours)
+    elif method == "spawn":
+        assert "from multiprocessing.spawn import spawn_main" in seen["worker"]
+        assert seen["parent"] == ours
+    else:
+        # forked by the fork server, which this process started
+        assert "from multiprocessing.forkserver import main" in seen["parent"]
+        assert seen["worker"] == seen["parent"]
