@@ -3,6 +3,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -498,3 +499,17 @@ def test_only_archives_are_replaced(tmp_path: Path, sources: list[Path]) -> None
 
     assert data_file.read_text() == "precious results"
     assert list(archive_contents(old_archive)) == [p.name for p in sources]
+
+
+def test_a_fifo_at_the_archive_path_is_refused_without_blocking(
+    tmp_path: Path, sources: list[Path]
+) -> None:
+    # made after planning, so only the writer sees it
+    target = tmp_path / "run1.zip"
+    os.mkfifo(target)
+
+    with pytest.raises(NotAnArchiveError, match="is no regular file"):
+        write_archive(target, _named(sources), ArchiveOptions())
+
+    assert stat.S_ISFIFO(os.stat(target).st_mode)
+    assert not list(tmp_path.glob(".*.part"))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -257,3 +258,19 @@ def test_a_folder_where_an_archive_goes_fails_its_stem_when_planned(
     assert blocked.status is Status.FAILED
     assert "is a folder, where this stem's archive would go" in str(blocked.error)
     assert "run1: fail (a folder is in the way)" in describe_plan(plan)
+
+
+def test_a_fifo_where_an_archive_goes_fails_its_stem_unopened(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(["run1", "run10"], DATA, dry_run=True)
+    settings.output_directory.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(settings.output_directory / "run1.zip")  # opening it would block
+
+    plan = plan_run(settings)
+
+    assert [job.stem for job in plan.jobs] == ["run10"]
+    (blocked,) = plan.settled
+    assert blocked.status is Status.FAILED
+    assert "is no regular file, let alone a ZIP archive" in str(blocked.error)
+    assert "run1: fail (a non-file is in the way)" in describe_plan(plan)

@@ -398,21 +398,45 @@ def verify_archive(path: Path, expected: dict[str, int]) -> None:
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _check_replaceable(target: Path) -> None:
-    # an archive only ever replaces an archive: a data file that an
-    # archive.name template happens to hit is never written over
+def in_the_way(target: Path) -> OSError | None:
+    """The error for what stands at an archive's path, if it is no file.
+
+    A folder, FIFO, socket or device there is never opened (a FIFO would
+    block) and never replaced; None when nothing or a regular file is there.
+    """
     try:
-        with open(target, "rb") as existing:
-            head = existing.read(4)
+        mode = os.stat(target).st_mode
     except FileNotFoundError:
-        return
-    except IsADirectoryError as exc:
-        # made since the run was planned, or a job built without a plan
-        raise IsADirectoryError(
-            exc.errno,
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return IsADirectoryError(
+            errno.EISDIR,
             f"{target} is a folder, where this stem's archive would go; move it "
             "away or choose another archive.name",
-        ) from exc
+        )
+    return NotAnArchiveError(
+        f"{target} exists and is no regular file, let alone a ZIP archive; "
+        "move it away or choose another archive.name"
+    )
+
+
+def _check_replaceable(target: Path) -> None:
+    # an archive only ever replaces an archive: a data file that an
+    # archive.name template happens to hit is never written over. Checked
+    # again here, for what appeared since the run was planned
+    blocker = in_the_way(target)
+    if blocker is not None:
+        raise blocker
+    try:
+        descriptor = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    try:
+        head = os.read(descriptor, 4)
+    finally:
+        os.close(descriptor)
     if head not in _ZIP_SIGNATURES:
         raise NotAnArchiveError(
             f"{target} exists and is not a ZIP archive; stemzip replaces only "

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stemzip.archive import StemJob, changed_members, is_temporary
+from stemzip.archive import StemJob, changed_members, in_the_way, is_temporary
 from stemzip.config import RunSettings
 from stemzip.errors import ConfigError, NotAnArchiveError
 from stemzip.grouping import (
@@ -310,14 +310,13 @@ def _decide(
         arcnames=tuple(members) if settings.recursive else (),
         size=sum(_size(path) for path in files),
     )
-    if target.is_dir():
-        error = (
-            f"IsADirectoryError: {target} is a folder, where this stem's archive "
-            "would go; move it away or choose another archive.name"
-        )
+    blocker = in_the_way(target)
+    if blocker is not None:
+        error = f"{type(blocker).__name__}: {blocker.strerror or blocker}"
         log.error("stem %r failed: %s", stem, error)
         blocked = StemResult(stem, Status.FAILED, None, files, error)
-        return blocked, "fail (a folder is in the way)"
+        what = "folder" if isinstance(blocker, IsADirectoryError) else "non-file"
+        return blocked, f"fail (a {what} is in the way)"
     if settings.if_exists == "overwrite" or not target.is_file():
         return job, None
     return _existing_archive(settings, job)
