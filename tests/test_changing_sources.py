@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from pathlib import Path
+from zlib import crc32
 
 import pytest
 
-from stemzip.archive import StemJob, zip_stem
+from stemzip.archive import ArchiveOptions, StemJob, zip_stem
 from stemzip.results import Status
 
 from .conftest import archive_contents, crc_of
@@ -79,3 +81,38 @@ def test_file_that_keeps_changing_fails_its_stem(tmp_path: Path) -> None:
     assert result.status is Status.FAILED
     assert "run1_big.csv' changed while it was being archived" in str(result.error)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run1_a.csv", "run1_big.csv"]
+
+
+def test_source_changed_after_it_was_read_is_not_deleted(tmp_path: Path) -> None:
+    job, _ = _stem_with_big_file(tmp_path)
+    small = Path(job.files[0])
+    job = dataclasses.replace(job, options=ArchiveOptions(verify=True, after="delete"))
+    stop = threading.Event()
+
+    def append_while_archived() -> None:
+        # run1_a.csv is read first; a line added while run1_big.csv is read
+        # is in no archive
+        while not stop.is_set():
+            if list(tmp_path.glob(".run1.zip.*.part")):
+                time.sleep(0.1)
+                with small.open("a") as more:
+                    more.write("1,2\n")
+                return
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=append_while_archived, daemon=True)
+    writer.start()
+    result = zip_stem(job)
+    stop.set()
+    writer.join(timeout=5)
+
+    assert result.status is Status.FAILED
+    assert "['run1_a.csv'] changed after they were archived" in str(result.error)
+    assert "so no source was deleted" in str(result.error)
+    assert small.read_text() == "t,x\n0,1\n1,2\n", "the added line is kept"
+    assert Path(job.files[1]).exists()
+    # the archive holds the file as it was read, and is reported
+    assert result.zip_file_path == job.archive_path
+    assert archive_contents(Path(job.archive_path))["run1_a.csv"] == crc32(
+        b"t,x\n0,1\n"
+    )

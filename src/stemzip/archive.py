@@ -249,6 +249,15 @@ def _zip_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     return (year, month, day, hour, minute, second)
 
 
+# a file as read: device, inode, size and modification time in nanoseconds
+Identity = tuple[int, int, int, int]
+
+
+def identity(status: os.stat_result) -> Identity:
+    """What tells a file as it was read from the same path rewritten since."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(arcname, _zip_date_time(status.st_mtime))
     info.external_attr = (status.st_mode & 0xFFFF) << 16
@@ -263,6 +272,7 @@ def _add_member(
     options: ArchiveOptions,
     deadline: float | None,
     in_memory: bool = False,
+    read: dict[str, Identity] | None = None,
 ) -> int:
     fd, before = _open_regular(source)
     if in_memory and before.st_size > _IN_MEMORY:
@@ -294,6 +304,8 @@ def _add_member(
             f"{after.st_size} after); rerun once it is complete"
         )
     log.debug("added %r (%d bytes)", arcname, info.file_size)
+    if read is not None:
+        read[source] = identity(after)
     return info.file_size
 
 
@@ -519,6 +531,7 @@ def write_archive(
     options: ArchiveOptions,
     deadline: float | None = None,
     size_hint: int | None = None,
+    read: dict[str, Identity] | None = None,
 ) -> int:
     """Write ``members`` (source, name) into a new ZIP at ``target``.
 
@@ -527,7 +540,8 @@ def write_archive(
     renamed over ``target`` only once complete, so ``target`` is never seen
     truncated and a previous archive survives any failure. ``size_hint``, the
     sources' total bytes when known, lets a small archive be assembled in
-    memory. Raises what reading,
+    memory. ``read``, when given, gets each source's :func:`identity` as
+    archived. Raises what reading,
     writing or verifying raised, after removing the temporary file; raises
     :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
     """
@@ -545,7 +559,7 @@ def write_archive(
             with zipfile.ZipFile(memory or raw, "w", allowZip64=True) as archive:
                 for source, name in members:
                     sizes[name] = _add_member(
-                        archive, os.fspath(source), name, options, deadline, small
+                        archive, os.fspath(source), name, options, deadline, small, read
                     )
             if memory is not None:
                 raw.write(memory.getbuffer())
@@ -562,10 +576,39 @@ def write_archive(
     return sum(sizes.values())
 
 
-def _dispose_sources(job: StemJob) -> None:
-    """Delete or move a stem's sources once its verified archive is in place."""
+def _unchanged(job: StemJob, read: dict[str, Identity]) -> list[tuple[str, str]]:
+    """The stem's (source, name) pairs still as they were archived.
+
+    Raises :class:`SourceChangedError` naming those that are not, after
+    none has been touched, so no data the archive lacks is deleted or moved.
+    """
+    changed = []
+    for source, _ in job.sources():
+        try:
+            now = identity(os.stat(source))
+        except FileNotFoundError:
+            now = None
+        if now != read.get(source):
+            changed.append(os.path.basename(source))
+    if changed:
+        raise SourceChangedError(
+            f"{changed!r} changed after they were archived, so no source was "
+            f"{'deleted' if job.options.after == 'delete' else 'moved'}; "
+            "rerun once they are complete"
+        )
+    return list(job.sources())
+
+
+def _dispose_sources(job: StemJob, read: dict[str, Identity]) -> None:
+    """Delete or move a stem's sources once its verified archive is in place.
+
+    Only when every source is still as it was archived (``read``).
+    """
+    if job.options.after == "keep":
+        return
+    sources = _unchanged(job, read)
     if job.options.after == "delete":
-        for source, _ in job.members():
+        for source, _ in sources:
             os.unlink(source)
         # logged by the worker, so it may come before the main process's
         # "wrote" line: it names the archive they are safe in
@@ -578,7 +621,7 @@ def _dispose_sources(job: StemJob) -> None:
     elif job.options.after == "move":
         assert job.options.move_to is not None
         folder = Path(job.options.move_to)
-        targets = [(source, folder / name) for source, name in job.sources()]
+        targets = [(source, folder / name) for source, name in sources]
         taken = [str(target) for _, target in targets if target.exists()]
         if taken:
             raise FileExistsError(f"not moving sources over existing files: {taken}")
@@ -644,11 +687,15 @@ def _failure(
     )
 
 
-def _write_twice_if_changed(job: StemJob, target: Path, deadline: float | None) -> int:
+def _write_twice_if_changed(
+    job: StemJob, target: Path, deadline: float | None, read: dict[str, Identity]
+) -> int:
     # a source still being written by a late solver or a copy may be
     # complete a moment later; a second change fails the stem
     try:
-        return write_archive(target, job.members(), job.options, deadline, job.size)
+        return write_archive(
+            target, job.members(), job.options, deadline, job.size, read
+        )
     except SourceChangedError as exc:
         log.warning(
             "stem %r: %s; reading its files once more",
@@ -656,7 +703,8 @@ def _write_twice_if_changed(job: StemJob, target: Path, deadline: float | None) 
             readable(str(exc)),
         )
     # streamed this time: a file that grew may no longer fit in memory
-    return write_archive(target, job.members(), job.options, deadline)
+    read.clear()
+    return write_archive(target, job.members(), job.options, deadline, None, read)
 
 
 def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
@@ -667,14 +715,15 @@ def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:
     """
     target = Path(job.archive_path)
     started = time.perf_counter()
+    read: dict[str, Identity] = {}
     try:
         with _time_limit(timeout, job.stem) as deadline:
-            bytes_in = _write_twice_if_changed(job, target, deadline)
+            bytes_in = _write_twice_if_changed(job, target, deadline, read)
         bytes_out = target.stat().st_size
     except Exception as exc:
         return _failure(job, exc, None, started)
     try:
-        _dispose_sources(job)
+        _dispose_sources(job, read)
     except OSError as exc:
         return _failure(job, exc, target, started)
 
