@@ -10,6 +10,7 @@ touched.
 from __future__ import annotations
 
 import logging
+import os
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -295,16 +296,26 @@ def _input_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) -> 
             )
         return fallback
     folder = _resolve(base_dir, value, key)
-    if not folder.exists():
+    try:
+        if not folder.exists():
+            raise InputDirectoryError(
+                f"{key} {str(value)!r} does not exist (resolved to {folder}); "
+                f"set {key}=<an existing folder>"
+            )
+        if not folder.is_dir():
+            raise InputDirectoryError(
+                f"{key} {str(value)!r} is not a folder (resolved to {folder}); "
+                f"set {key}=<a folder>"
+            )
+        # listed once now, so that a folder this user may not read is refused
+        # here with its key, not half way through planning
+        with os.scandir(folder):
+            pass
+    except PermissionError as exc:
         raise InputDirectoryError(
-            f"{key} {str(value)!r} does not exist (resolved to {folder}); "
-            f"set {key}=<an existing folder>"
-        )
-    if not folder.is_dir():
-        raise InputDirectoryError(
-            f"{key} {str(value)!r} is not a folder (resolved to {folder}); "
-            f"set {key}=<a folder>"
-        )
+            f"{key} {str(value)!r} cannot be read (resolved to {folder}: "
+            f"{exc.strerror}); make it readable or set {key}=<a readable folder>"
+        ) from exc
     return folder
 
 

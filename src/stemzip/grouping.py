@@ -127,7 +127,19 @@ def _walk(
     pending = [""]
     while pending:
         relative = pending.pop()
-        with os.scandir(directory / relative) as entries:
+        try:
+            listing = os.scandir(directory / relative)
+        except OSError as exc:
+            if not relative:
+                raise
+            # one unreadable subfolder does not stop the others being searched
+            log.warning(
+                "cannot list %s (%s): files in it are not archived",
+                directory / relative,
+                exc.strerror,
+            )
+            continue
+        with listing as entries:
             for entry in entries:
                 name = f"{relative}/{entry.name}" if relative else entry.name
                 kind = _kind(entry)

@@ -276,6 +276,13 @@ def _existing_archive(
         log.error("stem %r failed: %s", stem, error)
         failed = StemResult(stem, Status.FAILED, None, job.files, error)
         return failed, "fail (not a ZIP archive)"
+    except OSError as exc:
+        # an archive this user may not read cannot be compared, nor replaced
+        # by the check that it is one
+        error = f"{type(exc).__name__}: cannot read existing archive: {exc}"
+        log.error("stem %r failed: %s", stem, error)
+        failed = StemResult(stem, Status.FAILED, None, job.files, error)
+        return failed, "fail (archive unreadable)"
     if changed is None:
         log.warning("existing %s cannot be read as a ZIP archive; rebuilding", target)
         return job, "rebuild (archive unreadable)"
