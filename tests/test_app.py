@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from stemzip import __version__
 
@@ -324,9 +325,12 @@ def test_results_file_is_plain_data_with_names_as_they_are(tmp_path: Path) -> No
     )
 
     assert done.returncode == 0, done.stderr
-    saved = yaml.safe_load((tmp_path / "job" / "results.yaml").read_text())
-    assert_plain_data(saved["zip_utilities"])
-    (entry,) = saved["zip_utilities"]
+    # read as the config it is: the job's settings, then the results
+    saved = OmegaConf.load(tmp_path / "job" / "results.yaml")
+    entries = OmegaConf.to_container(saved.zip_utilities, resolve=True)
+    assert_plain_data(entries)
+    assert isinstance(entries, list)
+    (entry,) = entries
     assert entry["status"] == "zipped"
     assert entry["files"] == [
         str(tmp_path / "data" / "run1_${oops}.csv"),

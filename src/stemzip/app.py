@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from stemzip import __version__
 from stemzip.errors import RunInterrupted, StemzipError
 from stemzip.results import Status, summarise
-from stemzip.task import execute
+from stemzip.task import execute, literal
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ def _print_plan(text: str) -> None:
     print(text, end="", flush=True)
 
 
+def _json_line(entry: dict[str, Any]) -> str:
+    line = json.dumps(entry)
+    # rare; checked on the line so most entries are walked once
+    return json.dumps(literal(entry)) if "${" in line else line
+
+
 def save_results(
     path: Path, cfg: DictConfig, basename: str, entries: list[dict[str, Any]]
 ) -> None:
@@ -54,9 +60,11 @@ def save_results(
     PyYAML's representer for tens of thousands of entries. Non-ASCII
     characters are escaped, so the file is ASCII; names that are not valid
     UTF-8 arrive as their ``%XX`` substitutes (:meth:`StemResult.to_dict`).
+    ``${`` is escaped as in ``cfg[basename]``, so that ``OmegaConf.load``
+    reads names as they are, as it reads the config above them.
     """
     lines = [f"{basename}:" + ("" if entries else " []")]
-    lines.extend(f"- {json.dumps(entry)}" for entry in entries)
+    lines.extend(f"- {_json_line(entry)}" for entry in entries)
     path.write_text(OmegaConf.to_yaml(cfg) + "\n".join(lines) + "\n")
 
 

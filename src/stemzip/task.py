@@ -202,15 +202,18 @@ def _report_folder(settings: RunSettings) -> Path:
     return settings.output_directory / "errors"
 
 
-def _literal(value: Any) -> Any:
-    # in a DictConfig "${...}" is an interpolation; a file named so must read
-    # back as its name, so the dollar is escaped
+def literal(value: Any) -> Any:
+    """``value`` with every ``${`` escaped, so OmegaConf reads it as written.
+
+    In an OmegaConf node or file ``${...}`` is an interpolation; a file named
+    so must read back as its name.
+    """
     if isinstance(value, str):
         return value.replace("${", "\\${")
     if isinstance(value, list):
-        return [_literal(item) for item in value]
+        return [literal(item) for item in value]
     if isinstance(value, dict):
-        return {name: _literal(item) for name, item in value.items()}
+        return {name: literal(item) for name, item in value.items()}
     return value
 
 
@@ -219,7 +222,7 @@ def _store_results(
 ) -> None:
     if isinstance(cfg, DictConfig):
         with open_dict(cfg):
-            cfg[key] = _literal(entries)
+            cfg[key] = literal(entries)
     else:
         cfg[key] = entries
 
