@@ -354,8 +354,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(example: Path) -> None:
     assert statuses == ["planned", "no_files", "planned", "planned", "planned"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
-def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("sig", "executor"),
+    [
+        pytest.param(signal.SIGTERM, "parallel", id="term"),
+        pytest.param(signal.SIGINT, "parallel", id="int"),
+        pytest.param(signal.SIGINT, "threads", id="int-threads"),
+        pytest.param(signal.SIGTERM, "sequential", id="term-sequential"),
+    ],
+)
+def test_signal_stops_the_run_in_order(
+    tmp_path: Path, sig: signal.Signals, executor: str
+) -> None:
     stems = [f"run{i}" for i in range(8)]
     write_run_tree(tmp_path, stems, {})
     for stem in stems:
@@ -366,6 +376,7 @@ def test_signal_stops_the_run_in_order(tmp_path: Path, sig: signal.Signals) -> N
         f"analysis.input_directory={tmp_path / 'data'}",
         f"file_management.output_directory={tmp_path / 'out'}",
         f"hydra.run.dir={tmp_path / 'job'}",
+        f"parallel_processing={executor}",
     ]
     out = tmp_path / "out"
     out.mkdir()

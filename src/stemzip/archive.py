@@ -265,6 +265,25 @@ def _zip_info(arcname: str, status: os.stat_result) -> zipfile.ZipInfo:
     return info
 
 
+# set when the run is interrupted: threads cannot be sent a signal, so the
+# ones writing archives look here between chunks and give up
+_stopping = threading.Event()
+
+
+@contextlib.contextmanager
+def stopping_writers() -> Iterator[None]:
+    """Make every archive written in this process give up, until the exit.
+
+    Each raises :class:`KeyboardInterrupt` after its current chunk, and its
+    temporary file is removed.
+    """
+    _stopping.set()
+    try:
+        yield
+    finally:
+        _stopping.clear()
+
+
 def _add_member(
     archive: zipfile.ZipFile,
     source: str,
@@ -292,6 +311,8 @@ def _add_member(
                 writer.write(chunk)
                 if deadline is not None and time.monotonic() > deadline:
                     raise StemTimeoutError("time limit reached")
+                if _stopping.is_set():
+                    raise KeyboardInterrupt("the run was interrupted")
         after = os.fstat(fd)
     finally:
         os.close(fd)

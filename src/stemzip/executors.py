@@ -29,7 +29,13 @@ from typing import Any
 
 from pebble import ProcessPool
 
-from stemzip.archive import StemJob, log_result, remove_partial_files, zip_stem
+from stemzip.archive import (
+    StemJob,
+    log_result,
+    remove_partial_files,
+    stopping_writers,
+    zip_stem,
+)
 from stemzip.errors import ConfigError, RunInterrupted, StemzipError
 from stemzip.results import Status, StemResult
 from stemzip.supervision import LedgerEntry, Supervisor, attach_ledger
@@ -279,7 +285,14 @@ def _zip_batch(
         # to whoever runs the worker
         own = {name: level for name, level in levels.items() if name}
         _set_log_levels({"stemzip": levels[""]} | own)
-    return [zip_stem(job, timeout) for job in batch]
+    results = []
+    for job in batch:
+        try:
+            results.append(zip_stem(job, timeout))
+        except KeyboardInterrupt:
+            # told to give up (stopping_writers): the stems done are kept
+            break
+    return results
 
 
 class _Redispatch(logging.Handler):
@@ -401,10 +414,22 @@ class _PooledStemExecutor(StemExecutor):
                                 finished.add(result.stem)
                                 report(result)
                 except KeyboardInterrupt:
-                    # batches not started are dropped and the running ones
-                    # waited for, so no worker outlives the run; the pool's
-                    # own shutdown on leaving would not drop them
-                    pool.shutdown(wait=True, cancel_futures=True)
+                    # batches not started are dropped, the running ones told
+                    # to give up (threads of this process; the workers of a
+                    # cluster are stopped with it) and waited for, so no
+                    # worker outlives the run; the pool's own shutdown on
+                    # leaving would not drop them
+                    with stopping_writers():
+                        pool.shutdown(wait=True, cancel_futures=True)
+                    # a batch that ended before it could give up is done
+                    for future in pending:
+                        if (
+                            future.done()
+                            and not future.cancelled()
+                            and future.exception() is None
+                        ):
+                            for result in future.result():
+                                report(result)
                     raise
         except StemzipError:
             raise  # a setting that cannot work: the run stops, it does not fall back
