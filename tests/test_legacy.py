@@ -3,6 +3,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stemzip.errors import ConfigError, UnsafeArchiveError
+from stemzip.errors import ConfigError, StemzipError, UnsafeArchiveError
 from stemzip.legacy import ZipUtilities
 
 from .conftest import archive_contents, crc_of
@@ -83,6 +84,18 @@ def test_zip_files(tmp_path: Path) -> None:
     assert archive_contents(Path(path)) == {
         Path(f).name: crc_of(tmp_path / f) for f in files
     }
+
+
+def test_zip_files_refuses_two_files_of_one_name(tmp_path: Path) -> None:
+    cfg = _campaign(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "run1_a.csv").write_text("another")
+    files = ["runs/output/run1_a.csv", "elsewhere/run1_a.csv"]
+
+    with pytest.raises(StemzipError, match=r"would both be stored as 'run1_a\.csv'"):
+        ZipUtilities().zip_files(cfg, files, "picked")
+
+    assert not (tmp_path / "results" / "picked.zip").exists()
 
 
 def test_router_refuses_other_steps(tmp_path: Path) -> None:
@@ -243,6 +256,57 @@ def test_old_style_file_with_a_missing_folder_exits_two(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert "file_management.input_directory 'runs' does not exist" in done.stderr
+
+
+def test_old_style_file_that_is_not_yaml_exits_two(tmp_path: Path) -> None:
+    (tmp_path / "zip.yml").write_text("meta: [\n")
+
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "while parsing" in done.stderr
+
+
+def test_old_style_run_stops_in_order_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "zip.yml").write_text(OLD_STYLE)
+    output = tmp_path / "runs" / "output"
+    output.mkdir(parents=True)
+    stems = [f"run{i}" for i in range(6)]
+    for stem in stems:
+        (tmp_path / "runs" / f"{stem}.yml").write_text("x: 1\n")
+        with (output / f"{stem}_big.csv").open("wb") as sparse:
+            sparse.truncate(1 << 30)  # seconds of work each, no disk
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(output.glob(".*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    process.terminate()
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    done = yaml.safe_load(stdout) or {}
+    assert all(entry["status"] == "zipped" for entry in done.get("zip_utilities", []))
+    time.sleep(1)  # a worker left running would go on writing
+    assert not list(output.glob(".*.part"))
+    assert sorted(p.name for p in output.glob("*.zip")) == sorted(
+        f"{entry['stem']}.zip" for entry in done.get("zip_utilities", [])
+    )
 
 
 def test_unzip_files_refuses_repeated_names(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import argparse
 import copy
 import logging
 import os
+import signal
 import stat
 import sys
 import zipfile
@@ -23,11 +24,17 @@ from collections.abc import MutableMapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
 from stemzip.config import load_settings
-from stemzip.errors import ConfigError, StemzipError, UnsafeArchiveError
+from stemzip.errors import (
+    ConfigError,
+    RunInterrupted,
+    StemzipError,
+    UnsafeArchiveError,
+)
 from stemzip.results import Status, summarise
 from stemzip.task import build_executor, zip_by_stem
 
@@ -155,9 +162,20 @@ class ZipUtilities:
             "output_directory"
         )
         target = (_root(cfg) / str(folder or ".") / f"{zip_stem_name}.zip").resolve()
+        paths = tuple(str((_root(cfg) / str(f)).resolve()) for f in files)
+        # members are stored under their file names alone
+        seen: dict[str, str] = {}
+        for path in paths:
+            name = os.path.basename(path)
+            if name in seen:
+                raise StemzipError(
+                    f"zipping {zip_stem_name!r}: {seen[name]} and {path} would both "
+                    f"be stored as {name!r}; pass files with different names"
+                )
+            seen[name] = path
         job = StemJob(
             stem=zip_stem_name,
-            files=tuple(str((_root(cfg) / str(f)).resolve()) for f in files),
+            files=paths,
             archive_path=str(target),
             options=ArchiveOptions(),
         )
@@ -285,12 +303,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
     )
 
+    # a scheduler's SIGTERM stops the run as Ctrl-C does, in order
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg = ZipUtilities().router(load_legacy_config(args.config))
-    except (StemzipError, OSError) as exc:
+    except (StemzipError, OSError, yaml.YAMLError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except RunInterrupted as exc:
+        # the stems done so far, as the stemzip command saves them
+        done = [result.to_dict() for result in exc.results]
+        print(OmegaConf.to_yaml({exc.basename or "zip_utilities": done}), end="")
+        print("stemzip-legacy: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("stemzip-legacy: interrupted", file=sys.stderr)
+        sys.exit(130)
 
     results = cfg[cfg["basename"]]
     print(OmegaConf.to_yaml({cfg["basename"]: results}), end="")
     sys.exit(1 if any(entry["status"] == "failed" for entry in results) else 0)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
