@@ -24,7 +24,6 @@ from collections.abc import MutableMapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
 from omegaconf import OmegaConf
 
 from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
@@ -277,7 +276,13 @@ def _safe_target(folder: Path, info: zipfile.ZipInfo, zip_name: str | Path) -> P
 
 def load_legacy_config(path: Path) -> dict[str, Any]:
     """Read an old-style config file, with folders made relative to it."""
-    loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        node = OmegaConf.load(path)
+    except OSError:
+        raise
+    except Exception as exc:  # the YAML parser's own errors
+        raise ConfigError(f"{path} cannot be read as YAML: {exc}") from exc
+    loaded = OmegaConf.to_container(node, resolve=True)
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} does not hold a mapping of settings")
     cfg: dict[str, Any] = {str(key): value for key, value in loaded.items()}
@@ -307,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg = ZipUtilities().router(load_legacy_config(args.config))
-    except (StemzipError, OSError, yaml.YAMLError) as exc:
+    except (StemzipError, OSError) as exc:
         log.error("%s", exc)
         sys.exit(2)
     except RunInterrupted as exc:
