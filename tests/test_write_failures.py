@@ -5,12 +5,9 @@ from __future__ import annotations
 import errno
 import io
 import os
-import pwd
 import shutil
 import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,39 +25,27 @@ from .conftest import archive_contents, crc_of, write_run_tree
 from .test_app import STEMZIP
 
 
-@pytest.fixture
-def open_folder() -> Iterator[Path]:
-    """A folder every user may read, unlike pytest's own, which is root's only."""
-    folder = Path(tempfile.mkdtemp(prefix="stemzip-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
+def _without_permission(out: Path) -> list[str]:
+    """Take write permission on ``out``; a command prefix that makes it count.
 
-
-def _as_nobody(folder: Path) -> dict[str, Any]:
-    """Arguments that run a subprocess as ``nobody``, or skip the test."""
+    Permission bits do not stop root, whose capabilities override them: as
+    root the command runs with those capabilities dropped from its bounding
+    set, so that the bits apply to it as to any user.
+    """
+    out.chmod(0o555)
     if os.geteuid() != 0:
-        pytest.skip("switching to user nobody needs root")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("there is no user nobody here")
-    who = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
-    # the interpreter may live under a folder only root can enter (/root)
-    try:
-        tried = subprocess.run(
-            [str(STEMZIP), "--version"], cwd=folder, capture_output=True, **who
-        )
-    except PermissionError:
-        tried = None
-    if tried is None or tried.returncode != 0:
-        pytest.skip(
-            f"user nobody cannot run {STEMZIP} here (is its interpreter, "
-            f"{os.path.realpath(sys.executable)}, in a folder nobody cannot enter?)"
-        )
-    (folder / "job").mkdir()
-    os.chown(folder / "job", nobody.pw_uid, nobody.pw_gid)
-    return who
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("no setpriv command to run without the override capabilities")
+    prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    tried = subprocess.run(
+        [*prefix, "sh", "-c", 'touch "$0/probe"', str(out)], capture_output=True
+    )
+    if tried.returncode == 0:
+        (out / "probe").unlink()
+        pytest.skip("dropping the override capabilities does not stop writes here")
+    return prefix
 
 
 def _read_only_mount(out: Path) -> list[str]:
@@ -81,24 +66,18 @@ def _read_only_mount(out: Path) -> list[str]:
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
-        pytest.param("nobody", "Permission denied", id="no-permission"),
+        pytest.param("no-permission", "Permission denied", id="no-permission"),
         pytest.param("read-only", "Read-only file system", id="read-only-mount"),
     ],
 )
 def test_unwritable_output_folder_stops_the_run_before_any_work(
-    open_folder: Path, fault: str, reason: str
+    tmp_path: Path, fault: str, reason: str
 ) -> None:
-    # permission bits do not stop root: the fault is made real either by
-    # running as another user or by a read-only mount
-    write_run_tree(
-        open_folder, ["run1", "run2"], {"run1_a.csv": "1", "run2_a.csv": "2"}
-    )
-    out = open_folder / "out"
+    write_run_tree(tmp_path, ["run1", "run2"], {"run1_a.csv": "1", "run2_a.csv": "2"})
+    out = tmp_path / "out"
     out.mkdir()
-    prefix: list[str] = []
-    who: dict[str, Any] = {}
-    if fault == "nobody":
-        who = _as_nobody(open_folder)
+    if fault == "no-permission":
+        prefix = _without_permission(out)
     else:
         prefix = _read_only_mount(out)
 
@@ -112,11 +91,10 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
             "parallel_processing=sequential",
             "hydra.run.dir=job",
         ],
-        cwd=open_folder,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
-        **who,
     )
 
     assert done.returncode == 2, done.stderr
@@ -126,7 +104,7 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
     ) in done.stderr
     assert "wrote " not in done.stderr
     assert list(out.iterdir()) == []
-    assert not (open_folder / "job" / "results.yaml").exists()
+    assert not (tmp_path / "job" / "results.yaml").exists()
 
 
 class _FullDisk(io.FileIO):
