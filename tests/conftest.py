@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +33,24 @@ def write_run_tree(
         else:
             path.write_text(content)
     return stem_dir, data_dir
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply, or skip the test.
+
+    Root reads everything; without the two capabilities that let it, the
+    permission bits hold for it as for anyone.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("no setpriv to drop root's file capabilities")
+    caps = "-dac_override,-dac_read_search"
+    prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot drop root's file capabilities here")
+    return prefix
 
 
 def archive_contents(path: Path) -> dict[str, int]:

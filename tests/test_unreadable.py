@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
-from .conftest import write_run_tree
+from .conftest import unprivileged, write_run_tree
 from .test_app import STEMZIP
-
-
-def _unprivileged() -> list[str]:
-    """A command prefix under which file permissions apply, or skip the test.
-
-    Root reads everything; without the two capabilities that let it, the
-    permission bits hold for it as for anyone.
-    """
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("no setpriv to drop root's file capabilities")
-    caps = "-dac_override,-dac_read_search"
-    prefix = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
-    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
-        pytest.skip("cannot drop root's file capabilities here")
-    return prefix
 
 
 def _stemzip(folder: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            *_unprivileged(),
+            *unprivileged(),
             str(STEMZIP),
             "file_management.input_directory=stems",
             "file_management.output_directory=out",
@@ -109,3 +89,29 @@ def test_unreadable_archive_fails_only_its_stem_on_update(tmp_path: Path) -> Non
     assert "cannot read existing archive" in str(results["run1"]["error"])
     assert "Permission denied" in str(results["run1"]["error"])
     assert results["run2"]["status"] == "skipped"
+
+
+def test_unreadable_data_file_fails_only_its_stem(tmp_path: Path) -> None:
+    write_run_tree(
+        tmp_path,
+        ["run1", "run2"],
+        {"run1_a.csv": "1", "run1_b.csv": "2", "run2_a.csv": "3"},
+    )
+    locked = tmp_path / "data" / "run1_b.csv"
+    locked.chmod(0)
+    try:
+        done = _stemzip(tmp_path, "analysis.input_directory=data")
+    finally:
+        locked.chmod(0o644)
+
+    assert done.returncode == 1, done.stderr
+    results = _statuses(tmp_path)
+    assert results["run1"]["status"] == "failed"
+    assert "PermissionError: [Errno 13] Permission denied" in str(
+        results["run1"]["error"]
+    )
+    assert "run1_b.csv" in str(results["run1"]["error"])
+    assert results["run2"]["status"] == "zipped"
+    # no archive and no temporary file for the stem that failed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run2.zip"]
+    assert "stem 'run1' failed: PermissionError" in done.stderr

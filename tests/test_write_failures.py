@@ -21,31 +21,8 @@ from stemzip.executors import SequentialStemExecutor
 from stemzip.results import Status
 from stemzip.task import zip_by_stem
 
-from .conftest import archive_contents, crc_of, write_run_tree
+from .conftest import archive_contents, crc_of, unprivileged, write_run_tree
 from .test_app import STEMZIP
-
-
-def _without_permission(out: Path) -> list[str]:
-    """Take write permission on ``out``; a command prefix that makes it count.
-
-    Permission bits do not stop root, whose capabilities override them: as
-    root the command runs with those capabilities dropped from its bounding
-    set, so that the bits apply to it as to any user.
-    """
-    out.chmod(0o555)
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("no setpriv command to run without the override capabilities")
-    prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
-    tried = subprocess.run(
-        [*prefix, "sh", "-c", 'touch "$0/probe"', str(out)], capture_output=True
-    )
-    if tried.returncode == 0:
-        (out / "probe").unlink()
-        pytest.skip("dropping the override capabilities does not stop writes here")
-    return prefix
 
 
 def _read_only_mount(out: Path) -> list[str]:
@@ -77,7 +54,8 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
     out = tmp_path / "out"
     out.mkdir()
     if fault == "no-permission":
-        prefix = _without_permission(out)
+        out.chmod(0o555)
+        prefix = unprivileged()
     else:
         prefix = _read_only_mount(out)
 
