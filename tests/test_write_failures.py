@@ -25,6 +25,25 @@ from .conftest import archive_contents, crc_of, unprivileged, write_run_tree
 from .test_app import STEMZIP
 
 
+def _stemzip(prefix: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+    """Run the command under ``prefix`` on the run tree in ``folder``."""
+    return subprocess.run(
+        [
+            *prefix,
+            str(STEMZIP),
+            "file_management.input_directory=stems",
+            "analysis.input_directory=data",
+            "file_management.output_directory=out",
+            "parallel_processing=sequential",
+            "hydra.run.dir=job",
+        ],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _read_only_mount(out: Path) -> list[str]:
     """A command prefix that mounts ``out`` read-only for the command alone."""
     unshare = shutil.which("unshare")
@@ -59,21 +78,7 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
     else:
         prefix = _read_only_mount(out)
 
-    done = subprocess.run(
-        [
-            *prefix,
-            str(STEMZIP),
-            "file_management.input_directory=stems",
-            "analysis.input_directory=data",
-            "file_management.output_directory=out",
-            "parallel_processing=sequential",
-            "hydra.run.dir=job",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _stemzip(prefix, tmp_path)
 
     assert done.returncode == 2, done.stderr
     assert (
@@ -183,21 +188,7 @@ def test_a_disk_that_really_fills_fails_the_stems_it_hits(tmp_path: Path) -> Non
     kept.mkdir()
     prefix = _tiny_disk(out, kept)
 
-    done = subprocess.run(
-        [
-            *prefix,
-            str(STEMZIP),
-            "file_management.input_directory=stems",
-            "analysis.input_directory=data",
-            "file_management.output_directory=out",
-            "parallel_processing=sequential",
-            "hydra.run.dir=job",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _stemzip(prefix, tmp_path)
 
     assert done.returncode == 1, done.stderr
     saved = yaml.safe_load((tmp_path / "job" / "results.yaml").read_text())
