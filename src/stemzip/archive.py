@@ -284,6 +284,37 @@ def stopping_writers() -> Iterator[None]:
         _stopping.clear()
 
 
+# runs whose stems must give up, by the token their batches carry: a Dask
+# worker outlives the run that sent it work, and may hold stems of others
+_stopped_runs: set[str] = set()
+# the token of the run whose stems this thread archives
+_current = threading.local()
+
+
+def stop_run(token: str) -> None:
+    """Make every archive of run ``token`` written in this process give up.
+
+    Sent to each Dask worker when the run is interrupted; each archive gives
+    up after its current chunk, and its temporary file is removed.
+    """
+    _stopped_runs.add(token)
+
+
+@contextlib.contextmanager
+def archiving_for(token: str | None) -> Iterator[None]:
+    """Mark the archives this thread writes as run ``token``'s."""
+    _current.token = token
+    try:
+        yield
+    finally:
+        _current.token = None
+
+
+def told_to_stop() -> bool:
+    """Whether the archives this thread writes must give up."""
+    return _stopping.is_set() or getattr(_current, "token", None) in _stopped_runs
+
+
 def _add_member(
     archive: zipfile.ZipFile,
     source: str,
@@ -311,7 +342,7 @@ def _add_member(
                 writer.write(chunk)
                 if deadline is not None and time.monotonic() > deadline:
                     raise StemTimeoutError("time limit reached")
-                if _stopping.is_set():
+                if told_to_stop():
                     raise KeyboardInterrupt("the run was interrupted")
         after = os.fstat(fd)
     finally:

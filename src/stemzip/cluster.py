@@ -10,12 +10,13 @@ of worker processes is started for the run and stopped after it.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from contextlib import contextmanager
 from typing import Any
 
-from stemzip.archive import StemJob
+from stemzip.archive import StemJob, stop_run
 from stemzip.errors import ConfigError, SchedulerUnreachableError
 from stemzip.executors import _PooledStemExecutor, _zip_batch, log_levels
 from stemzip.results import StemResult
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # seconds to wait for a scheduler to answer before giving up
 _CONNECT_TIMEOUT = 30
+# seconds an interrupted run waits for its running tasks to give up
+_STOP_TIMEOUT = 10
 
 
 @contextmanager
@@ -63,6 +66,10 @@ class DaskStemExecutor(_PooledStemExecutor):
                 "pip install 'stemzip[dask]' (from a checkout: pip install '.[dask]')"
             ) from exc
         self.address = address
+        # while a run is under way: its client, and the token its batches
+        # carry, by which an interrupt stops them on the workers
+        self._client: Any = None
+        self._token: str | None = None
 
     def _pool_name(self, workers: int) -> str:
         if self.address:
@@ -71,9 +78,24 @@ class DaskStemExecutor(_PooledStemExecutor):
 
     @contextmanager
     def _open_pool(self, workers: int) -> Iterator[Executor]:
+        self._token = secrets.token_hex(8)
+        try:
+            with self._connect(workers) as client:
+                self._client = client
+                yield self._executor(client)
+        finally:
+            self._client = None
+
+    @contextmanager
+    def _connect(self, workers: int) -> Iterator[Any]:
         from distributed import Client, LocalCluster
 
         if self.address:
+            log.info(
+                "connecting to the Dask scheduler at %s (giving up after %d s)",
+                self.address,
+                _CONNECT_TIMEOUT,
+            )
             try:
                 client = Client(self.address, timeout=_CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
@@ -84,7 +106,7 @@ class DaskStemExecutor(_PooledStemExecutor):
                     f"reached ({exc}); check the scheduler is running there"
                 ) from exc
             with client:
-                yield self._executor(client)
+                yield client
             return
         with (
             _quiet_cluster(),
@@ -99,7 +121,7 @@ class DaskStemExecutor(_PooledStemExecutor):
             ) as cluster,
             Client(cluster) as client,
         ):
-            yield self._executor(client)
+            yield client
 
     def _worker_lost(self, error: BaseException) -> bool:
         from distributed import KilledWorker
@@ -109,7 +131,26 @@ class DaskStemExecutor(_PooledStemExecutor):
         return isinstance(error, KilledWorker)
 
     def _submit(self, pool: Executor, batch: list[StemJob]) -> Future[list[StemResult]]:
-        return pool.submit(_zip_batch, batch, self.timeout, log_levels())
+        return pool.submit(_zip_batch, batch, self.timeout, log_levels(), self._token)
+
+    def _stop(
+        self, pool: Executor, pending: dict[Future[list[StemResult]], list[StemJob]]
+    ) -> None:
+        # a task cannot be interrupted on its worker: each worker is told to
+        # make this run's archives give up after their current chunk, and
+        # the batches not yet started to return at once
+        assert self._token is not None
+        self._client.run(stop_run, self._token, on_error="ignore")
+        _, late = wait(pending, timeout=_STOP_TIMEOUT)
+        if late:
+            log.warning(
+                "%d batches did not give up within %d s of the interrupt",
+                len(late),
+                _STOP_TIMEOUT,
+            )
+        for future in late:
+            future.cancel()
+        pool.shutdown(wait=False)
 
     @staticmethod
     def _executor(client: Any) -> Executor:

@@ -31,9 +31,11 @@ from pebble import ProcessPool
 
 from stemzip.archive import (
     StemJob,
+    archiving_for,
     log_result,
     remove_partial_files,
     stopping_writers,
+    told_to_stop,
     zip_stem,
 )
 from stemzip.errors import ConfigError, RunInterrupted, StemzipError
@@ -278,6 +280,7 @@ def _zip_batch(
     batch: list[StemJob],
     timeout: float | None,
     levels: dict[str, int] | None = None,
+    token: str | None = None,
 ) -> list[StemResult]:
     if levels is not None:
         # a worker that nobody configured drops INFO lines before any
@@ -286,12 +289,16 @@ def _zip_batch(
         own = {name: level for name, level in levels.items() if name}
         _set_log_levels({"stemzip": levels[""]} | own)
     results = []
-    for job in batch:
-        try:
-            results.append(zip_stem(job, timeout))
-        except KeyboardInterrupt:
-            # told to give up (stopping_writers): the stems done are kept
-            break
+    with archiving_for(token):
+        for job in batch:
+            if told_to_stop():
+                break
+            try:
+                results.append(zip_stem(job, timeout))
+            except KeyboardInterrupt:
+                # told to give up (stopping_writers, stop_run): the stems
+                # done are kept
+                break
     return results
 
 
@@ -364,6 +371,17 @@ class _PooledStemExecutor(StemExecutor):
         """Whether ``error`` says the worker running a batch died."""
         return False
 
+    def _stop(
+        self, pool: Executor, pending: dict[Future[list[StemResult]], list[StemJob]]
+    ) -> None:
+        """On an interrupt: drop the batches not started, stop the running ones.
+
+        Returns once the running batches have given up, each after its
+        current chunk, so no worker goes on writing archives.
+        """
+        with stopping_writers():
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _isolate(
         self,
         pool: Executor,
@@ -414,13 +432,9 @@ class _PooledStemExecutor(StemExecutor):
                                 finished.add(result.stem)
                                 report(result)
                 except KeyboardInterrupt:
-                    # batches not started are dropped, the running ones told
-                    # to give up (threads of this process; the workers of a
-                    # cluster are stopped with it) and waited for, so no
-                    # worker outlives the run; the pool's own shutdown on
-                    # leaving would not drop them
-                    with stopping_writers():
-                        pool.shutdown(wait=True, cancel_futures=True)
+                    # the pool's own shutdown on leaving would run every
+                    # batch still queued
+                    self._stop(pool, pending)
                     # a batch that ended before it could give up is done
                     for future in pending:
                         if (
@@ -433,6 +447,11 @@ class _PooledStemExecutor(StemExecutor):
                     raise
         except StemzipError:
             raise  # a setting that cannot work: the run stops, it does not fall back
+        except KeyboardInterrupt:
+            # workers stopped with their pool (a local cluster's processes)
+            # may leave their temporary files; those still locked are not
+            remove_partial_files(jobs)
+            raise
         except Exception as exc:
             failure = exc
         if failure is not None:
