@@ -274,6 +274,23 @@ def test_version() -> None:
     assert done.stdout.startswith(f"stemzip {__version__} (Hydra ")
 
 
+def test_help_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [str(STEMZIP), "--help"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # the reader is gone before the help is printed
+
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 141, stderr
+    assert b"Traceback" not in stderr
+    assert b"BrokenPipeError" not in stderr
+
+
 def test_another_apps_project_config_is_left_alone(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text("defaults:\n  - db: mysql\n")

@@ -2,13 +2,14 @@
 
 Exit status: 0 when every stem was zipped, skipped or had no data files;
 1 when any stem failed; 2 when the configuration was refused; 130 when
-interrupted.
+interrupted; 141 when stdout was closed by its reader.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -31,6 +32,8 @@ EXIT_BAD_CONFIG = 2
 PROJECT_CONFIG = Path("conf") / "config.yaml"
 
 EXIT_INTERRUPTED = 130
+# as a shell reports a command that SIGPIPE ended
+EXIT_OUTPUT_CLOSED = 141
 # exit status owed by the jobs of this process (a multirun runs several),
 # and how many jobs started
 _outcome = {"status": 0, "jobs": 0}
@@ -152,6 +155,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("stemzip: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # the reader of --help or of a dry run's plan went away (| head):
+        # no traceback, and nothing more written to the closed pipe at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_OUTPUT_CLOSED)
     except SystemExit as exc:
         # Hydra exits 1 when it cannot compose the config (a bad type, an
         # unknown key or option); before any job ran, that is a refused config

@@ -345,7 +345,9 @@ class _PooledStemExecutor(StemExecutor):
         return f"{workers} workers"
 
     def describe(self, jobs: int) -> str:
-        if not self.enabled or jobs <= 1:
+        if not jobs:
+            return f"{self.name} (no archive to write)"
+        if not self.enabled or jobs == 1:
             return f"{self.name} (in this process)"
         return f"{self.name} ({self._pool_name(self.workers_for(jobs))})"
 

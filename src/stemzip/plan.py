@@ -257,7 +257,7 @@ def _existing_archive(
     """Keep, refuse or rebuild the archive already at the job's target."""
     stem, target = job.stem, job.archive_path
     if settings.if_exists == "skip":
-        log.info("kept existing %s (archive.if_exists=skip)", target)
+        log.info("kept existing %s: existing archives are kept", target)
         kept = StemResult(stem, Status.SKIPPED, target, job.files)
         return kept, "skip (archive kept)"
     if settings.if_exists == "fail":
