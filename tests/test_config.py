@@ -118,7 +118,12 @@ def test_all_keys_read(tmp_path: Path) -> None:
         "filename": {"extension": ["txt"]},
     }
     cfg["default"] = {"config": {"overwrite": {"output": False}}}
-    cfg["archive"] = {"compression": "bzip2", "compresslevel": 3}
+    cfg["archive"] = {
+        "compression": "bzip2",
+        "compresslevel": 3,
+        "verify": True,
+        "fsync": True,
+    }
 
     settings = load_settings(cfg, tmp_path)
 
@@ -130,6 +135,8 @@ def test_all_keys_read(tmp_path: Path) -> None:
     assert settings.if_exists == "skip"
     assert settings.archive.compression == "bzip2"
     assert settings.archive.level() == 3
+    assert settings.archive.verify is True
+    assert settings.archive.fsync is True
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from stemzip.archive import ArchiveOptions
+from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
 from stemzip.config import RunSettings
 from stemzip.executors import SequentialStemExecutor
 from stemzip.grouping import group_by_stem, list_files
@@ -399,3 +400,22 @@ def test_command_fails_both_stems_of_a_case_clash_and_goes_on(
     log = (odd_campaign / "job" / "stemzip.log").read_text(encoding="utf-8")
     assert "stem 'Run1' failed: archive" in log
     assert "1 zipped, 0 skipped, 0 no_files, 2 failed" in log
+
+
+def test_a_stem_that_is_not_utf8_fails_under_its_substitute_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # its data file vanished after planning: the failure names the file
+    gone = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9_x.csv")
+    job = StemJob("caf\udce9", (gone,), str(tmp_path / "caf%E9.zip"))
+    caplog.set_level(logging.ERROR, logger="stemzip.archive")
+
+    result = zip_stem(job)
+    log_result(result)
+
+    assert result.status is Status.FAILED
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("stem 'caf%E9' failed: FileNotFoundError: ")
+    assert "caf%E9_x.csv" in line
+    assert "\udce9" not in line
+    assert result.to_dict()["error"] == line.partition(" failed: ")[2]

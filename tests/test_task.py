@@ -165,6 +165,7 @@ def test_task_on_a_plain_dict_resolves_relative_to_cwd(
 
     run(cfg)
 
+    assert_plain_data(cfg["zip_utilities"])
     assert [e["status"] for e in cfg["zip_utilities"]] == [
         "zipped",
         "zipped",
@@ -197,8 +198,19 @@ def test_error_reports(tmp_path: Path) -> None:
 
 
 def test_write_error_reports_skips_successes(tmp_path: Path) -> None:
-    assert write_error_reports([], tmp_path / "errors") == []
-    assert not (tmp_path / "errors").exists()
+    results = [
+        StemResult("run1", Status.ZIPPED, str(tmp_path / "run1.zip")),
+        StemResult("run2", Status.FAILED, error="OSError: gone"),
+        StemResult("run3", Status.SKIPPED),
+        StemResult("run4", Status.NO_FILES),
+    ]
+
+    written = write_error_reports(results, tmp_path / "errors")
+
+    assert written == [tmp_path / "errors" / "run2.error.json"]
+    assert sorted(p.name for p in (tmp_path / "errors").iterdir()) == [
+        "run2.error.json"
+    ]
 
 
 @pytest.mark.parametrize(

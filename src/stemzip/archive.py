@@ -231,7 +231,7 @@ def _open_regular(source: str) -> tuple[int, os.stat_result]:
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            name = os.path.basename(source)
+            name = readable(os.path.basename(source))
             raise SourceChangedError(f"{name!r} is no longer a regular file")
     except BaseException:
         os.close(fd)
@@ -328,7 +328,8 @@ def _add_member(
     if in_memory and before.st_size > _IN_MEMORY:
         os.close(fd)
         raise SourceChangedError(
-            f"{os.path.basename(source)!r} grew to {before.st_size} bytes since the "
+            f"{readable(os.path.basename(source))!r} grew to {before.st_size} bytes "
+            "since the "
             "run was planned; rerun once it is complete"
         )
     info = _zip_info(arcname, before)
@@ -351,8 +352,8 @@ def _add_member(
         info.file_size != before.st_size
     ):
         raise SourceChangedError(
-            f"{os.path.basename(source)!r} changed while it was being archived "
-            f"({before.st_size} bytes before, {info.file_size} read, "
+            f"{readable(os.path.basename(source))!r} changed while it was being "
+            f"archived ({before.st_size} bytes before, {info.file_size} read, "
             f"{after.st_size} after); rerun once it is complete"
         )
     log.debug("added %r (%d bytes)", arcname, info.file_size)
@@ -641,7 +642,7 @@ def _unchanged(job: StemJob, read: dict[str, Identity]) -> list[tuple[str, str]]
         except FileNotFoundError:
             now = None
         if now != read.get(source):
-            changed.append(os.path.basename(source))
+            changed.append(readable(os.path.basename(source)))
     if changed:
         raise SourceChangedError(
             f"{changed!r} changed after they were archived, so no source was "
@@ -713,7 +714,7 @@ def _time_limit(seconds: float | None, stem: str) -> Iterator[float | None]:
         yield deadline
     except StemTimeoutError:
         raise StemTimeoutError(
-            f"stem {stem!r} took longer than timeout_per_file={seconds:g} s"
+            f"stem {readable(stem)!r} took longer than timeout_per_file={seconds:g} s"
         ) from None
     finally:
         if in_main:
@@ -721,10 +722,29 @@ def _time_limit(seconds: float | None, stem: str) -> Iterator[float | None]:
             signal.signal(signal.SIGALRM, previous)
 
 
+def describe_error(exc: BaseException) -> str:
+    """``exc`` as its type and message, file names as the results show them.
+
+    An OSError's own message quotes its file names with ``repr``, which writes
+    a byte that is not valid UTF-8 as ``\\udcXX``; here it is ``%XX``, as in
+    the member names, the results and the log.
+    """
+    what = f"{type(exc).__name__}: {exc}"
+    if not (isinstance(exc, OSError) and exc.strerror):
+        return what
+    names = [n for n in (exc.filename, exc.filename2) if isinstance(n, str)]
+    if not names or all(name.isascii() for name in names):
+        return what
+    text = f"[Errno {exc.errno}] {exc.strerror}: {readable(names[0])!r}"
+    if len(names) > 1:
+        text += f" -> {readable(names[1])!r}"
+    return f"{type(exc).__name__}: {text}"
+
+
 def _failure(
     job: StemJob, exc: BaseException, archive: Path | None, started: float
 ) -> StemResult:
-    what = f"{type(exc).__name__}: {exc}"
+    what = describe_error(exc)
     if archive is not None:
         verb = "deleted" if job.options.after == "delete" else "moved"
         what = f"archive {archive} is complete, but not all sources were {verb}: {what}"

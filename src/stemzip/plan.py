@@ -9,7 +9,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stemzip.archive import StemJob, changed_members, in_the_way, is_temporary
+from stemzip.archive import (
+    StemJob,
+    changed_members,
+    describe_error,
+    in_the_way,
+    is_temporary,
+)
 from stemzip.config import RunSettings
 from stemzip.errors import ConfigError, NotAnArchiveError
 from stemzip.grouping import (
@@ -266,21 +272,21 @@ def _existing_archive(
             "archive.if_exists=overwrite to replace it, update to rebuild it "
             "when its sources changed, or skip to keep it"
         )
-        log.error("stem %r failed: %s", stem, error)
+        log.error("stem %r failed: %s", readable(stem), readable(error))
         refused = StemResult(stem, Status.FAILED, target, job.files, error)
         return refused, "fail (archive exists)"
     try:
         changed = changed_members(Path(target), job.members())
     except NotAnArchiveError as exc:
         error = f"{type(exc).__name__}: {exc}"
-        log.error("stem %r failed: %s", stem, error)
+        log.error("stem %r failed: %s", readable(stem), readable(error))
         failed = StemResult(stem, Status.FAILED, None, job.files, error)
         return failed, "fail (not a ZIP archive)"
     except OSError as exc:
         # an archive this user may not read cannot be compared, nor replaced
         # by the check that it is one
-        error = f"{type(exc).__name__}: cannot read existing archive: {exc}"
-        log.error("stem %r failed: %s", stem, error)
+        error = f"cannot read existing archive: {describe_error(exc)}"
+        log.error("stem %r failed: %s", readable(stem), readable(error))
         failed = StemResult(stem, Status.FAILED, None, job.files, error)
         return failed, "fail (archive unreadable)"
     if changed is None:
@@ -306,7 +312,7 @@ def _decide(
     files = tuple(f"{settings.data_directory}{os.sep}{path}" for path in members)
     if escapes:
         error = f"archive {target} would be outside {settings.output_directory}"
-        log.error("stem %r failed: %s", stem, error)
+        log.error("stem %r failed: %s", readable(stem), readable(error))
         escaped = StemResult(stem, Status.FAILED, None, files, error)
         return escaped, "fail (archive outside the output folder)"
     job = StemJob(
@@ -320,7 +326,7 @@ def _decide(
     blocker = in_the_way(target)
     if blocker is not None:
         error = f"{type(blocker).__name__}: {blocker.strerror or blocker}"
-        log.error("stem %r failed: %s", stem, error)
+        log.error("stem %r failed: %s", readable(stem), readable(error))
         blocked = StemResult(stem, Status.FAILED, None, files, error)
         what = "folder" if isinstance(blocker, IsADirectoryError) else "non-file"
         return blocked, f"fail (a {what} is in the way)"
