@@ -6,6 +6,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -17,7 +19,10 @@ from stemzip import archive as archive_module
 from stemzip.archive import (
     ArchiveOptions,
     StemJob,
+    archiving_for,
     remove_partial_files,
+    stop_run,
+    stopping_writers,
     verify_archive,
     write_archive,
     zip_stem,
@@ -219,18 +224,23 @@ def test_memory_stays_flat_for_a_2_gib_member(tmp_path: Path) -> None:
     source = tmp_path / "run1_big.csv"
     with source.open("wb") as sparse:
         sparse.truncate(2 << 30)  # holes: no disk used
-    # and a member that does not compress, so an archive held in memory
-    # before it is written would show in the peak
-    noise = tmp_path / "run1_noise.csv"
-    with noise.open("wb") as out:
-        for _ in range(16):
-            out.write(os.urandom(16 << 20))
+    # and members that do not compress, each small enough to be held in
+    # memory on its own, so an archive assembled in memory before it is
+    # written would show in the peak
+    noise = []
+    for number in range(40):
+        path = tmp_path / f"run1_noise{number:02d}.csv"
+        path.write_bytes(os.urandom(3 << 20))
+        noise.append(path)
+    files = [source, *noise]
     script = (
-        "import resource, sys\n"
-        "from pathlib import Path\n"
-        "from stemzip.archive import ArchiveOptions, write_archive\n"
-        "members = [(Path(a), Path(a).name) for a in sys.argv[2:]]\n"
-        "write_archive(Path(sys.argv[1]), members, ArchiveOptions())\n"
+        "import logging, resource, sys\n"
+        "from stemzip.archive import StemJob, zip_stem\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "files, size = tuple(sys.argv[3:]), int(sys.argv[2])\n"
+        "job = StemJob('run1', files, sys.argv[1], size=size)\n"
+        "result = zip_stem(job)\n"
+        "print(result.status.value, result.error)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
 
@@ -240,8 +250,8 @@ def test_memory_stays_flat_for_a_2_gib_member(tmp_path: Path) -> None:
             "-c",
             script,
             str(tmp_path / "run1.zip"),
-            str(source),
-            str(noise),
+            str(sum(path.stat().st_size for path in files)),
+            *map(str, files),
         ],
         capture_output=True,
         text=True,
@@ -249,11 +259,15 @@ def test_memory_stays_flat_for_a_2_gib_member(tmp_path: Path) -> None:
         timeout=300,
     )
 
-    peak_mib = int(done.stdout) / 1024  # ru_maxrss is in KiB on Linux
+    outcome, peak = done.stdout.splitlines()
+    assert outcome == "zipped None"
+    assert "once more" not in done.stderr, "a planned large stem is streamed at once"
+    peak_mib = int(peak) / 1024  # ru_maxrss is in KiB on Linux
     assert peak_mib < 150
     with zipfile.ZipFile(tmp_path / "run1.zip") as archive:
         assert archive.getinfo("run1_big.csv").file_size == 2 << 30
-        assert archive.getinfo("run1_noise.csv").compress_size > 250 << 20
+        assert archive.getinfo("run1_noise00.csv").compress_size >= 3 << 20
+        assert len(archive.infolist()) == 41
 
 
 def test_verification_rejects_an_archive_that_differs(
@@ -514,3 +528,50 @@ def test_a_fifo_at_the_archive_path_is_refused_without_blocking(
 
     assert stat.S_ISFIFO(os.stat(target).st_mode)
     assert not list(tmp_path.glob(".*.part"))
+
+
+def _writing_in_a_thread(
+    folder: Path, token: str
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Start archiving minutes of sparse file in a thread, as run ``token``."""
+    big = folder / "run1_big.csv"
+    with big.open("wb") as sparse:
+        sparse.truncate(64 << 30)
+    raised: list[BaseException] = []
+
+    def write() -> None:
+        with archiving_for(token):
+            try:
+                write_archive(folder / "run1.zip", [(big, big.name)], ArchiveOptions())
+            except BaseException as exc:
+                raised.append(exc)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not list(folder.glob(".run1.zip.*.part")):
+        assert time.monotonic() < deadline, "the archive was never started"
+        time.sleep(0.01)
+    return thread, raised
+
+
+@pytest.mark.parametrize("how", ["every-writer", "this-run"])
+def test_interrupted_writer_gives_up_within_a_chunk(tmp_path: Path, how: str) -> None:
+    token = f"test-{how}-{os.getpid()}"
+    thread, raised = _writing_in_a_thread(tmp_path, token)
+
+    started = time.monotonic()
+    if how == "every-writer":  # the threads of an interrupted run
+        with stopping_writers():
+            thread.join(timeout=10)
+    else:  # a Dask worker told that this run was interrupted
+        stop_run(f"{token}-another-run")
+        thread.join(timeout=0.5)
+        assert thread.is_alive(), "another run's stop leaves this run alone"
+        stop_run(token)
+        thread.join(timeout=10)
+
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert [type(exc) for exc in raised] == [KeyboardInterrupt]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run1_big.csv"]

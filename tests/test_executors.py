@@ -116,14 +116,21 @@ class TestExecutorContract:
     def test_worker_lines_reach_the_parent_log(
         self, tmp_path: Path, make: MakeExecutor, caplog: pytest.LogCaptureFixture
     ) -> None:
-        caplog.set_level(logging.INFO)
+        # "added" lines are logged where each member is written, in the
+        # workers; "wrote" lines by this process as it collects the results
+        caplog.set_level(logging.DEBUG, logger="stemzip.archive")
         jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
 
         make().run(jobs)
 
-        wrote = [r.getMessage() for r in caplog.records if r.name == "stemzip.archive"]
-        assert sorted(line.split(":")[0] for line in wrote) == sorted(
-            f"wrote {job.archive_path}" for job in jobs
+        lines = [r.getMessage() for r in caplog.records if r.name == "stemzip.archive"]
+        wrote = [line.split(":")[0] for line in lines if line.startswith("wrote ")]
+        assert sorted(wrote) == sorted(f"wrote {job.archive_path}" for job in jobs)
+        added = [line for line in lines if line.startswith("added ")]
+        assert sorted(added) == sorted(
+            f"added {Path(f).name!r} ({Path(f).stat().st_size} bytes)"
+            for job in jobs
+            for f in job.files
         )
 
     def test_time_limit_fails_only_the_slow_stem(
@@ -261,7 +268,17 @@ def test_stems_of_a_dead_workers_batch_are_kept_or_run_again(
     jobs = _jobs(tmp_path, stems, per_stem=1)
     jobs[4] = _slow_stem(tmp_path, jobs[4])
 
-    killer = _signal_writer(tmp_path, "case04.zip", signal.SIGKILL)
+    archived: dict[str, tuple[int, int]] = {}
+
+    def kill_on_case04() -> None:
+        writer = _writer_of(tmp_path, "case04.zip")
+        # case03 was archived in this batch before the worker died
+        done = Path(jobs[3].archive_path).stat()
+        archived["case03"] = (done.st_ino, done.st_mtime_ns)
+        os.kill(writer, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_on_case04, daemon=True)
+    killer.start()
     results = ProcessPoolStemExecutor(max_workers=1).run(jobs)
     killer.join(timeout=5)
 
@@ -273,11 +290,38 @@ def test_stems_of_a_dead_workers_batch_are_kept_or_run_again(
     )
     kept = results[3]
     assert kept.status is Status.ZIPPED
+    after = Path(jobs[3].archive_path).stat()
+    assert (after.st_ino, after.st_mtime_ns) == archived["case03"], (
+        "a stem finished before its worker died is not archived again"
+    )
     assert kept.bytes_in == Path(jobs[3].files[0]).stat().st_size
     assert kept.bytes_out == Path(jobs[3].archive_path).stat().st_size
     for job in jobs[:4] + jobs[5:]:
         expected = {Path(f).name: crc_of(Path(f)) for f in job.files}
         assert archive_contents(Path(job.archive_path)) == expected
+
+
+def _die_at_once(batch: list[tuple[int, StemJob]], timeout: float | None) -> None:
+    """A batch whose worker dies before it starts any stem."""
+    os._exit(3)
+
+
+def test_stems_whose_workers_keep_dying_fail_after_three_tries(
+    tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    # forked workers see the stand-in: every worker that takes a batch
+    # dies, before the ledger says any stem started
+    mocker.patch("stemzip.supervision.zip_tracked", _die_at_once)
+    jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
+
+    results = ProcessPoolStemExecutor(max_workers=2, start_method="fork").run(jobs)
+
+    assert [r.status for r in results] == [Status.FAILED] * 3
+    for result in results:
+        assert result.error == "3 worker processes were lost before it ended"
+    assert not any(Path(job.archive_path).exists() for job in jobs)
+    assert "remaining stems in this process" not in caplog.text
+    assert not multiprocessing.active_children()
 
 
 @needs_proc

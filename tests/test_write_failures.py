@@ -90,17 +90,25 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
     assert not (tmp_path / "job" / "results.yaml").exists()
 
 
-class _FullDisk(io.FileIO):
-    """An archive file on a disk with room for ``room`` more bytes."""
+class _Disk(io.FileIO):
+    """A file on a disk with room for ``room`` more bytes.
+
+    As write(2) does, a write past the room stores what fits and says so only
+    in its count; the next one fails with ENOSPC.
+    """
 
     room = 0
 
     def write(self, data: Any) -> int:
-        size = len(memoryview(data))
-        if size > self.room:
+        if not self.room:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= size
-        return super().write(data)
+        part = memoryview(data).cast("B")[: self.room]
+        self.room -= len(part)
+        return super().write(part)
+
+
+class _FullDisk(archive_module._ArchiveFile, _Disk):
+    """stemzip's archive file, on a disk that fills as it is written."""
 
 
 def test_full_disk_fails_the_stems_it_hits_and_leaves_nothing_behind(
