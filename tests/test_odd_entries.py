@@ -383,6 +383,55 @@ def test_rerun_beside_the_data_archives_the_same_members(
     ]
 
 
+@pytest.mark.parametrize(
+    ("archive_name", "extensions", "data_file"),
+    [
+        pytest.param(
+            "{stem}_summary.xlsx", ("csv", "xlsx"), "run1_summary.xlsx", id="workbook"
+        ),
+        pytest.param(
+            "{stem}_report.zip", ("csv", "zip"), "run1_report.zip", id="zip-data"
+        ),
+    ],
+)
+def test_a_data_file_where_an_archive_would_go_is_kept_and_archived(
+    run_tree: Callable[..., RunSettings],
+    archive_name: str,
+    extensions: tuple[str, ...],
+    data_file: str,
+) -> None:
+    # a workbook or a zip the solver wrote is a ZIP file too, at the very
+    # path the template gives the stem's archive
+    settings = run_tree(
+        ["run1", "run2"],
+        {"run1_forces.csv": "1,2\n", "run2_forces.csv": "3,4\n"},
+        data_extensions=extensions,
+        archive_name=archive_name,
+    )
+    data = settings.data_directory
+    settings = dataclasses.replace(settings, output_directory=data)
+    with zipfile.ZipFile(data / data_file, "w") as book:
+        book.writestr("xl/workbook.xml", "RESULTS")
+    before = (data / data_file).read_bytes()
+
+    results = {r.stem: r for r in zip_by_stem(settings, SequentialStemExecutor())}
+
+    assert (data / data_file).read_bytes() == before
+    assert results["run1"].status.value == "failed"
+    assert f"data file '{data_file}' is where this stem's archive would go" in str(
+        results["run1"].error
+    )
+    # run2's archive is stemzip's own: a rerun replaces it, and never takes
+    # it in as a member
+    second = {r.stem: r for r in zip_by_stem(settings, SequentialStemExecutor())}
+    assert second["run2"].status.value == "zipped"
+    run2 = data / archive_name.format(stem="run2")
+    assert archive_contents(run2) == {
+        "run2_forces.csv": crc_of(data / "run2_forces.csv")
+    }
+    assert (data / data_file).read_bytes() == before
+
+
 def test_dry_run_beside_the_data_says_a_stale_archive_is_left_out(
     run_tree: Callable[..., RunSettings],
 ) -> None:

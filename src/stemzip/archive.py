@@ -461,6 +461,32 @@ def verify_archive(path: Path, expected: dict[str, int]) -> None:
 
 # how every ZIP file starts: a local header, or the end record of an empty one
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
+# the archive comment that marks the archives stemzip writes, which end with
+# the end record: its signature, 16 bytes, the comment's length and itself
+ARCHIVE_COMMENT = b"stemzip"
+_END_RECORD = 22
+
+
+def is_own_archive(path: str | Path) -> bool:
+    """Whether the file at ``path`` is an archive that stemzip wrote.
+
+    Only the last bytes are read: those of the end record and its comment.
+    """
+    tail = _END_RECORD + len(ARCHIVE_COMMENT)
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < tail:
+                return False
+            handle.seek(-tail, os.SEEK_END)
+            record = handle.read(tail)
+    except OSError:
+        return False
+    length = int.from_bytes(record[20:22], "little")
+    return (
+        record.startswith(b"PK\x05\x06")
+        and length == len(ARCHIVE_COMMENT)
+        and record[_END_RECORD:] == ARCHIVE_COMMENT
+    )
 
 
 def in_the_way(target: Path) -> OSError | None:
@@ -610,6 +636,7 @@ def write_archive(
             small = size_hint is not None and size_hint <= _IN_MEMORY
             memory = io.BytesIO() if small else None
             with zipfile.ZipFile(memory or raw, "w", allowZip64=True) as archive:
+                archive.comment = ARCHIVE_COMMENT
                 for source, name in members:
                     sizes[name] = _add_member(
                         archive, os.fspath(source), name, options, deadline, small, read

@@ -14,6 +14,7 @@ from stemzip.archive import (
     changed_members,
     describe_error,
     in_the_way,
+    is_own_archive,
     is_temporary,
 )
 from stemzip.config import RunSettings
@@ -208,35 +209,48 @@ def _group(
 
 def _without_archives(
     settings: RunSettings, members: dict[str, list[str]], targets: dict[str, Path]
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Members without the archives in the output folder, and the old ones left.
+) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+    """Members without the archives in the output folder, the old ones left,
+    and the stems whose archive would replace a data file.
 
     Only when the output folder is the data folder or inside it. This run's
-    own archives are dropped without a word; any other ``.zip`` there (a
-    stale or foreign archive) is returned per stem as left out, so that no
-    archive ever takes in another and a rerun archives what the first did.
+    archives from an earlier run (marked as stemzip's) are dropped without a
+    word; any other ``.zip`` there (a stale or foreign archive, such as
+    ``run1_old.zip``) is returned per stem as left out, so that no archive
+    ever takes in another and a rerun archives what the first did. A data
+    file at a stem's archive path that stemzip did not write (a workbook an
+    ``archive.name`` ending in ``.xlsx`` lands on) stays a member, and the
+    stem whose archive would replace it fails.
     """
     output = _output_inside_data(settings)
     if output is None:
-        return members, {}
+        return members, {}, {}
     prefix = f"{settings.data_directory}{os.sep}"
-    planned = {str(target) for target in targets.values()}
+    planned = {str(target): stem for stem, target in targets.items()}
     kept: dict[str, list[str]] = {}
     stale: dict[str, list[str]] = {}
+    blocked: dict[str, str] = {}
     for stem, paths in members.items():
         kept[stem] = []
         for path in paths:
             name = path.rpartition("/")[2]
             full = prefix + path.replace("/", os.sep)
-            if full in planned:
+            if full in planned and is_own_archive(full):
                 continue
-            if name.lower().endswith(".zip") and Path(full).is_relative_to(output):
+            if full in planned:
+                blocked[planned[full]] = (
+                    f"data file {readable(path)!r} is where this stem's archive "
+                    "would go, and is no archive stemzip wrote, so it is not "
+                    "replaced; choose an archive.name that names no data file"
+                )
+                kept[stem].append(path)
+            elif name.lower().endswith(".zip") and Path(full).is_relative_to(output):
                 stale.setdefault(stem, []).append(
                     f"{path}: archive in the output folder"
                 )
             else:
                 kept[stem].append(path)
-    return kept, stale
+    return kept, stale, blocked
 
 
 def _report_left_out(
@@ -458,10 +472,12 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     started = time.localtime()
     targets = {stem: archive_path(settings, stem, started) for stem in members}
     escaping = _check_targets(settings, targets)
-    members, stale = _without_archives(settings, members, targets)
+    members, stale, blocked = _without_archives(settings, members, targets)
     left_out = _report_left_out(odd, stale)
     index = StemIndex(every_stem)
     clashes = _name_clashes(members, targets, index, escaping)
+    for stem, error in blocked.items():
+        clashes.setdefault(stem, (error, "fail (a data file is in the way)"))
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []
