@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from stemzip.archive import changed_members
 from stemzip.config import RunSettings, load_settings
 from stemzip.errors import ConfigError
 from stemzip.executors import SequentialStemExecutor
@@ -356,3 +357,74 @@ def test_command_reruns_with_update_and_refuses_a_bad_value(tmp_path: Path) -> N
     assert "archive up to date" in second.stderr
     assert refused.returncode == 2
     assert "archive.if_exists 'always' is not one of overwrite, skip" in refused.stderr
+
+
+def _disposing(settings: RunSettings, after: str, if_exists: str) -> RunSettings:
+    moved = settings.data_directory.parent / "moved"
+    options = dataclasses.replace(
+        settings.archive,
+        verify=True,
+        after=after,
+        move_to=str(moved) if after == "move" else None,
+    )
+    return dataclasses.replace(settings, archive=options, if_exists=if_exists)
+
+
+@pytest.mark.parametrize("if_exists", ["update", "overwrite"])
+@pytest.mark.parametrize("after", ["delete", "move"])
+def test_members_whose_sources_were_disposed_of_are_carried_over(
+    run_tree: Callable[..., RunSettings], after: str, if_exists: str
+) -> None:
+    settings = _disposing(run_tree(["run1"], {"run1_a.csv": "day 1\n"}), after, "")
+    settings = dataclasses.replace(settings, if_exists=if_exists)
+    data, archive = settings.data_directory, settings.output_directory / "run1.zip"
+    first = _zip(settings)["run1"]
+    assert first.status is Status.ZIPPED
+    assert not (data / "run1_a.csv").exists()
+    # a late output of the same run, zipped by the next run
+    (data / "run1_b.csv").write_text("late\n")
+
+    second = _zip(settings)["run1"]
+
+    assert second.status is Status.ZIPPED, second.error
+    with zipfile.ZipFile(archive) as held:
+        assert held.testzip() is None
+        assert held.read("run1_a.csv") == b"day 1\n", "the only copy is kept"
+        assert held.read("run1_b.csv") == b"late\n"
+    assert not (data / "run1_b.csv").exists()
+    # with every source gone, a third run leaves the archive alone
+    before = _stamp(archive)
+    assert _zip(settings)["run1"].status is Status.NO_FILES
+    assert _stamp(archive) == before
+
+
+def test_an_unreadable_archive_is_not_replaced_when_sources_were_disposed_of(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = _disposing(run_tree(["run1"], {"run1_a.csv": "1\n"}), "delete", "")
+    out = settings.output_directory
+    out.mkdir()
+    broken = b"PK\x03\x04 not the rest of an archive"
+    (out / "run1.zip").write_bytes(broken)
+
+    for if_exists in ("update", "overwrite"):
+        settings = dataclasses.replace(settings, if_exists=if_exists)
+        result = _zip(settings)["run1"]
+
+        assert result.status is Status.FAILED
+        assert "cannot" in str(result.error) and "carr" in str(result.error)
+        assert (out / "run1.zip").read_bytes() == broken
+        assert (settings.data_directory / "run1_a.csv").read_text() == "1\n"
+
+
+def test_members_to_be_carried_over_are_no_change(tmp_path: Path) -> None:
+    source = tmp_path / "run1_b.csv"
+    source.write_text("b\n")
+    os.utime(source, (EVEN_SECOND, EVEN_SECOND))
+    with zipfile.ZipFile(tmp_path / "run1.zip", "w") as archive:
+        archive.writestr("run1_a.csv", "a\n")  # its source is gone
+        archive.write(source, source.name)
+    members = [(source, source.name)]
+
+    assert changed_members(tmp_path / "run1.zip", members) == 1
+    assert changed_members(tmp_path / "run1.zip", members, carry=True) == 0

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Protocol
 
 from stemzip.errors import (
     ArchiveVerificationError,
+    CarryOverError,
     ConfigError,
     NotAnArchiveError,
     SourceChangedError,
@@ -542,7 +543,7 @@ def _stored_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:
 
 
 def changed_members(
-    target: Path, members: Sequence[tuple[str | Path, str]]
+    target: Path, members: Sequence[tuple[str | Path, str]], carry: bool = False
 ) -> int | None:
     """Count the differences between the archive at ``target`` and ``members``.
 
@@ -550,9 +551,10 @@ def changed_members(
     Each member the archive lacks, holds with another size, or holds with
     another date (the source's, as the format stores it: clamped to
     1980..2107, in 2-second steps) counts once, as does each name the archive
-    holds beyond them. Only the central directory is read. Returns None when
-    ``target`` is a ZIP file that cannot be read, and raises
-    :class:`NotAnArchiveError` when it is no ZIP file at all.
+    holds beyond them, unless ``carry`` (they would be carried over). Only
+    the central directory is read. Returns None when ``target`` is a ZIP file
+    that cannot be read, and raises :class:`NotAnArchiveError` when it is no
+    ZIP file at all.
     """
     _check_replaceable(target)
     try:
@@ -572,7 +574,7 @@ def changed_members(
             continue
         if stored != (status.st_size, _stored_date_time(status.st_mtime)):
             changed += 1
-    return changed + len(held)
+    return changed + (0 if carry else len(held))
 
 
 class _ArchiveFile(io.FileIO):
@@ -604,6 +606,47 @@ def _create(path: Path) -> io.FileIO:
         return _ArchiveFile(path, "xb")
 
 
+def _carry_over(
+    archive: zipfile.ZipFile,
+    earlier: Path,
+    options: ArchiveOptions,
+    taken: set[str],
+    deadline: float | None,
+) -> dict[str, int]:
+    """Copy the members of ``earlier`` not named in ``taken`` into ``archive``.
+
+    Returns their names and sizes. Every byte is read back through its CRC.
+    Raises :class:`CarryOverError` when ``earlier`` cannot be read.
+    """
+    carried = {}
+    try:
+        with zipfile.ZipFile(earlier) as old:
+            for info in old.infolist():
+                if info.filename in taken or info.is_dir():
+                    continue
+                copy = zipfile.ZipInfo(info.filename, info.date_time)
+                copy.external_attr = info.external_attr
+                copy.compress_type = COMPRESSION_METHODS[options.compression]
+                copy.file_size = info.file_size
+                with (
+                    old.open(info) as source,
+                    _open_member(archive, copy, options) as out,
+                ):
+                    while chunk := source.read(_CHUNK):
+                        out.write(chunk)
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise StemTimeoutError("time limit reached")
+                        if told_to_stop():
+                            raise KeyboardInterrupt("the run was interrupted")
+                carried[info.filename] = info.file_size
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as exc:
+        raise CarryOverError(
+            f"cannot carry the members of {earlier} whose sources are gone into "
+            f"its replacement ({exc}); the archive is left as it is"
+        ) from exc
+    return carried
+
+
 def write_archive(
     target: Path,
     members: Sequence[tuple[str | Path, str]],
@@ -611,29 +654,35 @@ def write_archive(
     deadline: float | None = None,
     size_hint: int | None = None,
     read: dict[str, Identity] | None = None,
+    carry: bool = False,
 ) -> int:
     """Write ``members`` (source, name) into a new ZIP at ``target``.
 
-    Returns the bytes read. The archive is built under a hidden temporary name
-    beside ``target``, verified there when ``options.verify`` is set, and
-    renamed over ``target`` only once complete, so ``target`` is never seen
-    truncated and a previous archive survives any failure. ``size_hint``, the
-    sources' total bytes when known, lets a small archive be assembled in
-    memory. ``read``, when given, gets each source's :func:`identity` as
-    archived. Raises what reading,
-    writing or verifying raised, after removing the temporary file; raises
+    Returns the bytes read from the sources. The archive is built under a
+    hidden temporary name beside ``target``, verified there when
+    ``options.verify`` is set, and renamed over ``target`` only once
+    complete, so ``target`` is never seen truncated and a previous archive
+    survives any failure. ``size_hint``, the sources' total bytes when known,
+    lets a small archive be assembled in memory. ``read``, when given, gets
+    each source's :func:`identity` as archived. With ``carry``, the members
+    of the archive at ``target`` that ``members`` do not name are copied into
+    the new one: their sources were deleted or moved by an earlier run, and
+    the old archive is their only copy. Raises what reading, writing or
+    verifying raised, after removing the temporary file; raises
     :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
     """
     _check_replaceable(target)
+    earlier = target if carry and target.is_file() else None
     temporary = _temporary_path(target)
     sizes: dict[str, int] = {}
+    carried: dict[str, int] = {}
     try:
         with _create(temporary) as raw:
             _lock(raw)
             # a small archive is assembled in memory and written at once:
             # zipfile seeks and writes several times per member, and on many
             # small stems those system calls cost more than the compression
-            small = size_hint is not None and size_hint <= _IN_MEMORY
+            small = size_hint is not None and size_hint <= _IN_MEMORY and not earlier
             memory = io.BytesIO() if small else None
             with zipfile.ZipFile(memory or raw, "w", allowZip64=True) as archive:
                 archive.comment = ARCHIVE_COMMENT
@@ -641,18 +690,28 @@ def write_archive(
                     sizes[name] = _add_member(
                         archive, os.fspath(source), name, options, deadline, small, read
                     )
+                if earlier is not None:
+                    carried = _carry_over(
+                        archive, earlier, options, set(sizes), deadline
+                    )
             if memory is not None:
                 raw.write(memory.getbuffer())
             if options.fsync:
                 raw.flush()
                 os.fsync(raw.fileno())
         if options.verify:
-            verify_archive(temporary, sizes)
+            verify_archive(temporary, sizes | carried)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+    if carried:
+        log.info(
+            "kept %d members of the earlier %s whose sources are gone",
+            len(carried),
+            readable(str(target)),
+        )
     return sum(sizes.values())
 
 
@@ -791,9 +850,11 @@ def _write_twice_if_changed(
 ) -> int:
     # a source still being written by a late solver or a copy may be
     # complete a moment later; a second change fails the stem
+    # sources an earlier run deleted or moved live on only in their archive
+    carry = job.options.after != "keep"
     try:
         return write_archive(
-            target, job.members(), job.options, deadline, job.size, read
+            target, job.members(), job.options, deadline, job.size, read, carry
         )
     except SourceChangedError as exc:
         log.warning(
@@ -803,7 +864,9 @@ def _write_twice_if_changed(
         )
     # streamed this time: a file that grew may no longer fit in memory
     read.clear()
-    return write_archive(target, job.members(), job.options, deadline, None, read)
+    return write_archive(
+        target, job.members(), job.options, deadline, None, read, carry
+    )
 
 
 def zip_stem(job: StemJob, timeout: float | None = None) -> StemResult:

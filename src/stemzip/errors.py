@@ -47,6 +47,11 @@ class UnsafeArchiveError(StemzipError, ValueError):
     larger than the limits allow."""
 
 
+class CarryOverError(StemzipError, OSError):
+    """Raised when the members of an archive being replaced, whose sources
+    are gone, cannot be carried into the new one."""
+
+
 class NotAnArchiveError(StemzipError, FileExistsError):
     """Raised when an archive would replace a file that is not a ZIP archive."""
 

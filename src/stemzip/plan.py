@@ -290,7 +290,9 @@ def _existing_archive(
         refused = StemResult(stem, Status.FAILED, target, job.files, error)
         return refused, "fail (archive exists)"
     try:
-        changed = changed_members(Path(target), job.members())
+        changed = changed_members(
+            Path(target), job.members(), carry=job.options.after != "keep"
+        )
     except NotAnArchiveError as exc:
         error = f"{type(exc).__name__}: {exc}"
         log.error("stem %r failed: %s", readable(stem), readable(error))
@@ -300,6 +302,17 @@ def _existing_archive(
         # an archive this user may not read cannot be compared, nor replaced
         # by the check that it is one
         error = f"cannot read existing archive: {describe_error(exc)}"
+        log.error("stem %r failed: %s", readable(stem), readable(error))
+        failed = StemResult(stem, Status.FAILED, None, job.files, error)
+        return failed, "fail (archive unreadable)"
+    if changed is None and job.options.after != "keep":
+        # it may hold the only copy of sources an earlier run disposed of
+        error = (
+            f"existing archive {target} cannot be read, so the members whose "
+            f"sources an earlier archive.after={job.options.after} removed "
+            "cannot be carried over; it is left as it is: move it away to "
+            "zip this stem afresh"
+        )
         log.error("stem %r failed: %s", readable(stem), readable(error))
         failed = StemResult(stem, Status.FAILED, None, job.files, error)
         return failed, "fail (archive unreadable)"
