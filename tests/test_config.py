@@ -179,6 +179,17 @@ def test_all_keys_read(tmp_path: Path) -> None:
             id="output-is-file",
         ),
         pytest.param(
+            {
+                "file_management": {
+                    "input_directory": "runs",
+                    "output_directory": "runs/a.yml/zips",
+                }
+            },
+            OutputDirectoryError,
+            r"output_directory 'runs/a.yml/zips' cannot be made: .*a.yml is a file",
+            id="output-under-a-file",
+        ),
+        pytest.param(
             {"analysis": {"filename": {"extension": "csv"}}},
             ConfigError,
             r"analysis.filename.extension must be a list of strings, got 'csv'",

@@ -274,3 +274,23 @@ def test_a_fifo_where_an_archive_goes_fails_its_stem_unopened(
     assert blocked.status is Status.FAILED
     assert "is no regular file, let alone a ZIP archive" in str(blocked.error)
     assert "run1: fail (a non-file is in the way)" in describe_plan(plan)
+
+
+def test_a_file_on_the_way_to_an_archive_fails_its_stem_when_planned(
+    run_tree: Callable[..., RunSettings],
+) -> None:
+    settings = run_tree(
+        ["run1", "run10"], DATA, dry_run=True, archive_name="{stem}/data.zip"
+    )
+    settings.output_directory.mkdir(parents=True)
+    (settings.output_directory / "run1").write_text("a file, not a folder")
+
+    plan = plan_run(settings)
+
+    assert [job.stem for job in plan.jobs] == ["run10"]
+    (blocked,) = plan.settled
+    assert blocked.status is Status.FAILED
+    assert str(blocked.error).startswith(
+        "NotADirectoryError: a file stands where a folder on the way to "
+    )
+    assert "run1: fail (a file is in the way of its folder)" in describe_plan(plan)

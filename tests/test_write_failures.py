@@ -63,6 +63,7 @@ def _read_only_mount(out: Path) -> list[str]:
     ("fault", "reason"),
     [
         pytest.param("no-permission", "Permission denied", id="no-permission"),
+        pytest.param("no-access", "Permission denied", id="no-access"),
         pytest.param("read-only", "Read-only file system", id="read-only-mount"),
     ],
 )
@@ -72,8 +73,9 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
     write_run_tree(tmp_path, ["run1", "run2"], {"run1_a.csv": "1", "run2_a.csv": "2"})
     out = tmp_path / "out"
     out.mkdir()
-    if fault == "no-permission":
-        out.chmod(0o555)
+    if fault.startswith("no-"):
+        # no-access: not even a look inside, which planning takes first
+        out.chmod(0o555 if fault == "no-permission" else 0)
         prefix = unprivileged()
     else:
         prefix = _read_only_mount(out)

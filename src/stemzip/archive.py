@@ -495,11 +495,21 @@ def in_the_way(target: Path) -> OSError | None:
 
     A folder, FIFO, socket or device there is never opened (a FIFO would
     block) and never replaced; None when nothing or a regular file is there.
+    A file where a folder on the way should be, or a folder this user may
+    not search, is an error too.
     """
     try:
         mode = os.stat(target).st_mode
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        return NotADirectoryError(
+            errno.ENOTDIR,
+            f"a file stands where a folder on the way to {target} would be; "
+            "move it away or choose another archive.name",
+        )
+    except OSError as exc:
+        return exc
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):

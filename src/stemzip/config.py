@@ -326,10 +326,17 @@ def _output_folder(cfg: Any, key: str, base_dir: Path, fallback: Path | None) ->
             raise ConfigError(f"{key} is not set; give the folder, e.g. {key}=moved")
         return fallback
     folder = _resolve(base_dir, value, key)
-    if folder.exists() and not folder.is_dir():
+    # the folder, or the first of its parents that exists, must be a folder
+    existing = next(p for p in (folder, *folder.parents) if os.path.exists(p))
+    if existing == folder and not folder.is_dir():
         raise OutputDirectoryError(
             f"{key} {str(value)!r} is a file, not a folder (resolved to {folder}); "
             f"set {key}=<a folder>"
+        )
+    if not existing.is_dir():
+        raise OutputDirectoryError(
+            f"{key} {str(value)!r} cannot be made: {existing} is a file (resolved "
+            f"to {folder}); set {key}=<a folder>"
         )
     return folder
 

@@ -328,6 +328,16 @@ def _existing_archive(
     return current, "skip (archive up to date)"
 
 
+def _blocker_note(blocker: OSError) -> str:
+    if isinstance(blocker, IsADirectoryError):
+        return "fail (a folder is in the way)"
+    if isinstance(blocker, NotADirectoryError):
+        return "fail (a file is in the way of its folder)"
+    if isinstance(blocker, NotAnArchiveError):
+        return "fail (a non-file is in the way)"
+    return "fail (archive path cannot be checked)"
+
+
 def _decide(
     settings: RunSettings, stem: str, members: list[str], target: Path, escapes: bool
 ) -> tuple[StemJob | StemResult, str | None]:
@@ -353,10 +363,11 @@ def _decide(
     blocker = in_the_way(target)
     if blocker is not None:
         error = f"{type(blocker).__name__}: {blocker.strerror or blocker}"
+        if blocker.filename is not None:
+            error = describe_error(blocker)
         log.error("stem %r failed: %s", readable(stem), readable(error))
         blocked = StemResult(stem, Status.FAILED, None, files, error)
-        what = "folder" if isinstance(blocker, IsADirectoryError) else "non-file"
-        return blocked, f"fail (a {what} is in the way)"
+        return blocked, _blocker_note(blocker)
     if settings.if_exists == "overwrite" or not target.is_file():
         return job, None
     return _existing_archive(settings, job)

@@ -127,6 +127,9 @@ def zip_by_stem(
     :class:`~stemzip.errors.OutputDirectoryError` when an output folder
     cannot be created or written to, before any archive is written.
     """
+    if not settings.dry_run and settings.output_directory.is_dir():
+        # before planning, which looks at each archive's path in it
+        _check_writable(settings.output_directory)
     plan = plan_run(settings, stems)
     if settings.dry_run:
         log.info(
