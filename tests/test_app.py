@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -14,9 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from stemzip import __version__
+from stemzip.app import save_results
 
 from .conftest import archive_contents, assert_plain_data, crc_of, write_run_tree
 
@@ -243,7 +247,25 @@ def test_help_names_the_groups(tmp_path: Path) -> None:
         ),
         pytest.param("archive.compresslevel=abc", "compresslevel", id="type"),
         pytest.param("nosuchkey=1", "nosuchkey", id="unknown-key"),
-        pytest.param("parallel_processing=gpu", "parallel_processing", id="option"),
+        pytest.param(
+            "parallel_processing=gpu",
+            "Could not find 'parallel_processing/gpu'\n\n"
+            "Available options in 'parallel_processing':\n"
+            "\tdask\n\tparallel\n\tsequential\n\tthreads",
+            id="option",
+        ),
+        pytest.param(
+            "file_management.input_directory=${nope}",
+            "file_management.input_directory cannot be resolved: Interpolation "
+            "key 'nope' not found; fix the interpolation or set "
+            "file_management.input_directory=<a value>",
+            id="interpolation",
+        ),
+        pytest.param(
+            "file_management.output_directory=''",
+            "file_management.output_directory is empty ('')",
+            id="empty-folder",
+        ),
         pytest.param(
             "file_management.filename.extension=yml",
             "file_management.filename.extension must be a list of strings, got "
@@ -354,6 +376,25 @@ def test_results_file_is_plain_data_with_names_as_they_are(tmp_path: Path) -> No
         str(tmp_path / "data" / "run1_${oops}.csv"),
         str(tmp_path / "data" / "run1_a.csv"),
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    names=st.lists(
+        # what StemResult.to_dict hands over: any text but lone surrogates
+        st.text(st.characters(exclude_categories=["Cs"]), min_size=1),
+        max_size=4,
+    )
+)
+def test_results_file_reads_back_every_name(names: list[str]) -> None:
+    entries = [{"stem": name, "files": [f"/data/{name}_a.csv"]} for name in names]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "results.yaml"
+        save_results(path, OmegaConf.create({"basename": "zips"}), "zips", entries)
+
+        loaded = OmegaConf.load(path)
+
+    assert OmegaConf.to_container(loaded.zips, resolve=True) == entries
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(example: Path) -> None:

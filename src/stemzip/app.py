@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -47,10 +48,30 @@ def _print_plan(text: str) -> None:
     print(text, end="", flush=True)
 
 
+# a character beyond U+FFFF as JSON escapes it: a surrogate pair, after an
+# even number of backslashes (an odd one would escape the first of them)
+_SURROGATE_PAIR = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})"
+)
+
+
+def _one_escape(match: re.Match[str]) -> str:
+    # YAML reads a pair of escapes as two lone surrogates, not as the one
+    # character; its own 8-digit escape holds the character whole
+    high, low = int(match[2], 16), int(match[3], 16)
+    code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
+    return f"{match[1]}\\U{code:08x}"
+
+
 def _json_line(entry: dict[str, Any]) -> str:
     line = json.dumps(entry)
     # rare; checked on the line so most entries are walked once
-    return json.dumps(literal(entry)) if "${" in line else line
+    if "${" in line:
+        line = json.dumps(literal(entry))
+    if "\\ud" in line:
+        line = _SURROGATE_PAIR.sub(_one_escape, line)
+    # the one ASCII character JSON leaves as it is and YAML refuses to read
+    return line.replace("\x7f", "\\u007f")
 
 
 def save_results(

@@ -19,6 +19,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from stemzip.archive import AFTER_ACTIONS, ArchiveOptions
 from stemzip.errors import ConfigError, InputDirectoryError, OutputDirectoryError
@@ -277,6 +278,12 @@ def _folder_value(cfg: Any, key: str) -> str | None:
     value = _lookup(cfg, key)
     if value is not None and not isinstance(value, (str, Path)):
         raise ConfigError(f"{key} must be a folder path, got {value!r}")
+    if isinstance(value, str) and not value.strip():
+        # resolved, an empty path would be the folder the command started in
+        raise ConfigError(
+            f"{key} is empty ({value!r}); give a folder, or . for the folder "
+            "stemzip starts in"
+        )
     return None if value is None else str(value)
 
 
@@ -443,7 +450,19 @@ def _follow_links(cfg: Any) -> bool:
 
 def _mapping(cfg: DictConfig | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(cfg, DictConfig):
-        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+        try:
+            container = OmegaConf.to_container(
+                cfg, resolve=True, throw_on_missing=False
+            )
+        except OmegaConfBaseException as exc:
+            # an interpolation that cannot be resolved (${nope}, ${oc.env:X})
+            key = getattr(exc, "full_key", None) or "the configuration"
+            # the first line is the reason; OmegaConf adds the node's types
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"{key} cannot be resolved: {reason}; fix the interpolation or "
+                f"set {key}=<a value>"
+            ) from None
         assert isinstance(container, dict)
         return {str(key): value for key, value in container.items()}
     return cfg

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -205,14 +206,24 @@ def _report_folder(settings: RunSettings) -> Path:
     return settings.output_directory / "errors"
 
 
+# an interpolation's opening and the backslashes right before it
+_OPENING = re.compile(r"(\\*)\$\{")
+
+
+def _escape_opening(match: re.Match[str]) -> str:
+    # OmegaConf reads 2k backslashes before "${" as k, and one more as the
+    # escape of the "${" itself
+    return match[1] * 2 + "\\${"
+
+
 def literal(value: Any) -> Any:
     """``value`` with every ``${`` escaped, so OmegaConf reads it as written.
 
     In an OmegaConf node or file ``${...}`` is an interpolation; a file named
-    so must read back as its name.
+    so must read back as its name, backslashes before it included.
     """
     if isinstance(value, str):
-        return value.replace("${", "\\${")
+        return _OPENING.sub(_escape_opening, value) if "${" in value else value
     if isinstance(value, list):
         return [literal(item) for item in value]
     if isinstance(value, dict):
