@@ -220,6 +220,30 @@ def test_all_keys_read(tmp_path: Path) -> None:
             id="level-type",
         ),
         pytest.param({"basename": ""}, ConfigError, "basename must be", id="basename"),
+        pytest.param(
+            {"analysis": {"filename": {"filters": "LWL"}}},
+            ConfigError,
+            r"analysis.filename.filters must be a group of settings, got 'LWL'",
+            id="filters-string",
+        ),
+        pytest.param(
+            {"default": {"config": 3}},
+            ConfigError,
+            r"default.config must be a group of settings, got 3",
+            id="legacy-group-number",
+        ),
+        pytest.param(
+            {"analysis": {"filename": {"extension": {"csv": 1}}}},
+            ConfigError,
+            r"extension must be a list of strings, got \{'csv': 1\}; e.g. ",
+            id="extension-mapping",
+        ),
+        pytest.param(
+            {"analysis": {"input_directory": ""}},
+            ConfigError,
+            r"analysis.input_directory is empty \(''\); give a folder",
+            id="data-folder-empty",
+        ),
     ],
 )
 def test_bad_values_name_the_key(

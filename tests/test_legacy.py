@@ -275,6 +275,83 @@ def test_old_style_file_that_is_not_yaml_exits_two(tmp_path: Path) -> None:
     assert "while parsing" in done.stderr
 
 
+def _legacy(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("stemzip-legacy")), *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("Analysis: abc\n", "Analysis must be a mapping", id="analysis"),
+        pytest.param("meta: [1]\n", "meta must be a mapping", id="meta"),
+        pytest.param("basename: null\n", "basename must be a non-empty", id="basename"),
+        pytest.param("x: ${nope}\n", "a value cannot be resolved", id="interpolation"),
+        pytest.param(
+            "file_management: {filename: [1]}\n",
+            "file_management.filename must be a mapping",
+            id="filename",
+        ),
+        pytest.param(
+            "file_management: {input_directory: runs, input_files: {yml: a.yml}}\n",
+            "file_management.input_files.yml must be a list of files, got 'a.yml'",
+            id="input-files",
+        ),
+    ],
+)
+def test_old_style_file_with_bad_values_exits_two(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "zip.yml").write_text(text)
+
+    done = _legacy(tmp_path, "zip.yml")
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_interrupted_second_extension_prints_the_stems_of_both(
+    tmp_path: Path,
+) -> None:
+    config = OLD_STYLE.replace("basename: zip_utilities", "basename: my_zips")
+    (tmp_path / "zip.yml").write_text(config.replace("[yml]", "[yml, yaml]"))
+    output = tmp_path / "runs" / "output"
+    output.mkdir(parents=True)
+    (tmp_path / "runs" / "quick.yml").write_text("x: 1\n")
+    (output / "quick_a.csv").write_text("1\n")
+    for stem in ("slow1", "slow2", "slow3"):
+        (tmp_path / "runs" / f"{stem}.yaml").write_text("x: 1\n")
+        with (output / f"{stem}_big.csv").open("wb") as sparse:
+            sparse.truncate(1 << 30)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(output.glob(".slow*.part")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    process.terminate()
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    done = {entry["stem"]: entry for entry in yaml.safe_load(stdout)["my_zips"]}
+    assert done["quick"]["status"] == "zipped", "the first extension's stems"
+    assert len(done) < 4
+
+
 def test_old_style_run_stops_in_order_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "zip.yml").write_text(OLD_STYLE)
     output = tmp_path / "runs" / "output"

@@ -231,8 +231,16 @@ class RunSettings:
 
 def _lookup(cfg: Any, key: str, default: Any = None) -> Any:
     node = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if node is None:
+            return default
+        if not isinstance(node, Mapping):
+            # a group given a plain value (filters: x) must not be passed over
+            # for its defaults
+            section = ".".join(parts[:depth])
+            raise ConfigError(f"{section} must be a group of settings, got {node!r}")
+        if part not in node:
             return default
         node = node[part]
     # a mandatory value left unset reads as "???" once converted to a dict
@@ -248,10 +256,14 @@ def _flag(cfg: Any, key: str, default: bool) -> bool:
 
 def _string_list(cfg: Any, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
     value = _lookup(cfg, key, default)
-    if isinstance(value, str) or not isinstance(value, Sequence):
+    if isinstance(value, str):
         raise ConfigError(
             f"{key} must be a list of strings, got {value!r}; "
             f"write it as a list, e.g. {key}=[{value}]"
+        )
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"{key} must be a list of strings, got {value!r}; e.g. {key}=[csv,txt]"
         )
     if not all(isinstance(item, str) and item for item in value):
         raise ConfigError(f"{key} must hold non-empty strings, got {list(value)!r}")

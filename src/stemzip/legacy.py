@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
 from stemzip.config import load_settings
@@ -65,9 +66,19 @@ def _result_folder(cfg: Config) -> str | None:
 
 def _explicit_stems(cfg: Config, extension: str) -> list[str] | None:
     given = _section(cfg, "file_management").get("input_files") or {}
-    files = given.get(extension) if isinstance(given, MutableMapping) else None
+    if not isinstance(given, MutableMapping):
+        raise ConfigError(
+            "file_management.input_files must map each stem extension to a list "
+            f"of files, got {given!r}"
+        )
+    files = given.get(extension)
     if files is None:
         return None
+    if not isinstance(files, list):
+        raise ConfigError(
+            f"file_management.input_files.{extension} must be a list of files, "
+            f"got {files!r}; e.g. [{files}]"
+        )
     return sorted({Path(str(f)).stem for f in files})
 
 
@@ -128,8 +139,12 @@ class ZipUtilities:
     def zip_files_by_stem(self, cfg: Config) -> Config:
         """Zip by stem for every stem extension in ``file_management``."""
         filename = _section(cfg, "file_management").get("filename") or {}
+        if not isinstance(filename, MutableMapping):
+            raise ConfigError(
+                f"file_management.filename must be a mapping, got {filename!r}"
+            )
         extensions = filename.get("extension", ["yml"])
-        if isinstance(extensions, str):
+        if not isinstance(extensions, list):
             raise ConfigError(
                 f"file_management.filename.extension must be a list, got {extensions!r}"
             )
@@ -146,7 +161,13 @@ class ZipUtilities:
         settings = load_settings(step, _root(cfg))
         executor = build_executor(cfg.get("parallel_processing"))
 
-        results = zip_by_stem(settings, executor, stems=stems)
+        try:
+            results = zip_by_stem(settings, executor, stems=stems)
+        except RunInterrupted as exc:
+            # the stems done so far join those of earlier extensions
+            entries = [result.to_dict() for result in exc.results]
+            _merge(cfg, str(cfg["basename"]), entries)
+            raise
 
         log.info("%s stems: %s", file_extension, summarise(results).describe())
         _merge(cfg, str(cfg["basename"]), [result.to_dict() for result in results])
@@ -282,14 +303,22 @@ def load_legacy_config(path: Path) -> dict[str, Any]:
         raise
     except Exception as exc:  # the YAML parser's own errors
         raise ConfigError(f"{path} cannot be read as YAML: {exc}") from exc
-    loaded = OmegaConf.to_container(node, resolve=True)
+    try:
+        loaded = OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: a value cannot be resolved: {reason}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} does not hold a mapping of settings")
     cfg: dict[str, Any] = {str(key): value for key, value in loaded.items()}
     if "basename" not in cfg:
-        meta = cfg.get("meta") or {}
+        meta = _section(cfg, "meta")
         cfg["basename"] = meta.get("basename", "zip_utilities")
-    analysis = dict(cfg.get("Analysis") or {})
+    if not isinstance(cfg["basename"], str) or not cfg["basename"]:
+        raise ConfigError(
+            f"{path}: basename must be a non-empty string, got {cfg['basename']!r}"
+        )
+    analysis = _section(cfg, "Analysis")
     analysis.setdefault("analysis_root_folder", str(path.resolve().parent))
     cfg["Analysis"] = analysis
     return cfg
@@ -310,18 +339,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # a scheduler's SIGTERM stops the run as Ctrl-C does, in order
     signal.signal(signal.SIGTERM, _interrupt)
+    cfg: Config = {}
     try:
-        cfg = ZipUtilities().router(load_legacy_config(args.config))
+        cfg = load_legacy_config(args.config)
+        ZipUtilities().router(cfg)
     except (StemzipError, OSError) as exc:
         log.error("%s", exc)
         sys.exit(2)
-    except RunInterrupted as exc:
-        # the stems done so far, as the stemzip command saves them
-        done = [result.to_dict() for result in exc.results]
-        print(OmegaConf.to_yaml({exc.basename or "zip_utilities": done}), end="")
-        print("stemzip-legacy: interrupted", file=sys.stderr)
-        sys.exit(130)
     except KeyboardInterrupt:
+        if "basename" in cfg:
+            # the stems done so far, of every stem extension reached
+            done = cfg.get(cfg["basename"]) or []
+            print(OmegaConf.to_yaml({cfg["basename"]: done}), end="")
         print("stemzip-legacy: interrupted", file=sys.stderr)
         sys.exit(130)
 
