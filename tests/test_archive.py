@@ -575,3 +575,14 @@ def test_interrupted_writer_gives_up_within_a_chunk(tmp_path: Path, how: str) ->
     assert time.monotonic() - started < 5
     assert [type(exc) for exc in raised] == [KeyboardInterrupt]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run1_big.csv"]
+
+
+def test_verification_gives_up_on_an_interrupt(tmp_path: Path) -> None:
+    source = tmp_path / "run1_a.csv"
+    source.write_bytes(os.urandom(3 << 20))  # several chunks to read back
+    target = tmp_path / "run1.zip"
+    write_archive(target, [(source, source.name)], ArchiveOptions())
+
+    with stopping_writers(), pytest.raises(KeyboardInterrupt):
+        verify_archive(target, {source.name: 3 << 20})
+    verify_archive(target, {source.name: 3 << 20})

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from stemzip.executors import (
 )
 from stemzip.plan import plan_run
 from stemzip.results import Status, StemResult
+from stemzip.supervision import _RUNNING, _ZIPPED, LedgerEntry, Supervisor
 
 from .conftest import archive_contents, crc_of
 
@@ -299,6 +301,27 @@ def test_stems_of_a_dead_workers_batch_are_kept_or_run_again(
     for job in jobs[:4] + jobs[5:]:
         expected = {Path(f).name: crc_of(Path(f)) for f in job.files}
         assert archive_contents(Path(job.archive_path)) == expected
+
+
+def test_stems_a_stopped_worker_finished_are_reported_after_an_interrupt(
+    tmp_path: Path,
+) -> None:
+    # the interrupt stops the pool while a batch is out: its first stem was
+    # archived, the second was running, the third not reached
+    jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
+    ledger = multiprocessing.RawArray(LedgerEntry, len(jobs))
+    reported: list[StemResult] = []
+    supervisor = Supervisor(None, ledger, None, reported.append)  # type: ignore[arg-type]
+    supervisor.running[Future()] = list(enumerate(jobs))
+    ledger[0].state, ledger[0].bytes_in, ledger[0].bytes_out = _ZIPPED, 10, 7
+    ledger[1].state = _RUNNING
+
+    supervisor.report_finished()
+
+    assert [(r.stem, r.status, r.bytes_in, r.bytes_out) for r in reported] == [
+        ("run1", Status.ZIPPED, 10, 7)
+    ]
+    assert not supervisor.running
 
 
 def _die_at_once(batch: list[tuple[int, StemJob]], timeout: float | None) -> None:

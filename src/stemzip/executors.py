@@ -520,7 +520,12 @@ class ProcessPoolStemExecutor(_PooledStemExecutor):
                 # archives, nor outlive the run
                 pool.stop()  # type: ignore[no-untyped-call]  # pebble has no hints
                 pool.join()
-        except (StemzipError, KeyboardInterrupt):
+        except KeyboardInterrupt:
+            if supervisor is not None:
+                supervisor.report_finished()
+            remove_partial_files(jobs)
+            raise
+        except StemzipError:
             remove_partial_files(jobs)
             raise
         except Exception as exc:

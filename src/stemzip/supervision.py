@@ -135,6 +135,19 @@ class Supervisor:
             if self.timeout is not None:
                 self._stop_overdue(self.timeout)
 
+    def report_finished(self) -> None:
+        """Report the stems that lost workers had finished, after an interrupt.
+
+        Call once the workers are gone: a worker stopped with the pool may
+        have put a stem's archive in place, and its result with it.
+        """
+        for batch in self.running.values():
+            for index, job in batch:
+                entry = self.ledger[index]
+                if entry.state == _ZIPPED:
+                    self.report(self._zipped(job, entry))
+        self.running.clear()
+
     def _send(self, batch: Batch) -> None:
         for index, _ in batch:
             self.ledger[index].state = _PENDING
