@@ -258,23 +258,6 @@ def test_old_style_file_with_a_missing_folder_exits_two(tmp_path: Path) -> None:
     assert "file_management.input_directory 'runs' does not exist" in done.stderr
 
 
-def test_old_style_file_that_is_not_yaml_exits_two(tmp_path: Path) -> None:
-    (tmp_path / "zip.yml").write_text("meta: [\n")
-
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-    assert "while parsing" in done.stderr
-
-
 def _legacy(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).with_name("stemzip-legacy")), *args],
@@ -284,6 +267,16 @@ def _legacy(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def test_old_style_file_that_is_not_yaml_exits_two(tmp_path: Path) -> None:
+    (tmp_path / "zip.yml").write_text("meta: [\n")
+
+    done = _legacy(tmp_path, "zip.yml")
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "while parsing" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -319,6 +312,24 @@ def test_old_style_file_with_bad_values_exits_two(
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+def _terminated(folder: Path, output: Path, part: str) -> tuple[int, str, str]:
+    """Run ``zip.yml`` in ``folder`` and send SIGTERM once ``part`` appears."""
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(output.glob(part)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+    process.terminate()
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, stdout, stderr
+
+
 def test_interrupted_second_extension_prints_the_stems_of_both(
     tmp_path: Path,
 ) -> None:
@@ -332,21 +343,9 @@ def test_interrupted_second_extension_prints_the_stems_of_both(
         (tmp_path / "runs" / f"{stem}.yaml").write_text("x: 1\n")
         with (output / f"{stem}_big.csv").open("wb") as sparse:
             sparse.truncate(1 << 30)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not list(output.glob(".slow*.part")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    returncode, stdout, stderr = _terminated(tmp_path, output, ".slow*.part")
 
-    process.terminate()
-    stdout, stderr = process.communicate(timeout=60)
-
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     done = {entry["stem"]: entry for entry in yaml.safe_load(stdout)["my_zips"]}
     assert done["quick"]["status"] == "zipped", "the first extension's stems"
     assert len(done) < 4
@@ -361,21 +360,9 @@ def test_old_style_run_stops_in_order_on_sigterm(tmp_path: Path) -> None:
         (tmp_path / "runs" / f"{stem}.yml").write_text("x: 1\n")
         with (output / f"{stem}_big.csv").open("wb") as sparse:
             sparse.truncate(1 << 30)  # seconds of work each, no disk
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("stemzip-legacy")), "zip.yml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not list(output.glob(".*.part")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    returncode, stdout, stderr = _terminated(tmp_path, output, ".*.part")
 
-    process.terminate()
-    stdout, stderr = process.communicate(timeout=60)
-
-    assert process.returncode == 130, stderr
+    assert returncode == 130, stderr
     assert "interrupted" in stderr
     done = yaml.safe_load(stdout) or {}
     assert all(entry["status"] == "zipped" for entry in done.get("zip_utilities", []))
