@@ -21,7 +21,7 @@ from pytest_mock import MockerFixture
 from stemzip.archive import StemJob
 from stemzip.cluster import DaskStemExecutor
 from stemzip.config import RunSettings
-from stemzip.errors import SchedulerUnreachableError
+from stemzip.errors import RunInterrupted, SchedulerUnreachableError
 from stemzip.executors import (
     ProcessPoolStemExecutor,
     SequentialStemExecutor,
@@ -322,6 +322,30 @@ def test_stems_a_stopped_worker_finished_are_reported_after_an_interrupt(
         ("run1", Status.ZIPPED, 10, 7)
     ]
     assert not supervisor.running
+
+
+def test_an_interrupt_stands_when_the_workers_cannot_be_told_to_stop(
+    tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a scheduler lost just as the run is interrupted cannot be made safely
+    mocker.patch.object(
+        ThreadPoolStemExecutor, "_stop", side_effect=OSError("scheduler gone")
+    )
+    jobs = _jobs(tmp_path, ["run1", "run2", "run3"])
+    big = tmp_path / "data" / "run1_big.csv"
+    with big.open("wb") as sparse:
+        sparse.truncate(1 << 30)
+    jobs[0] = StemJob("run1", (*jobs[0].files, str(big)), jobs[0].archive_path)
+    interrupt = threading.Timer(
+        0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
+    )
+    interrupt.start()
+
+    with pytest.raises(RunInterrupted):
+        ThreadPoolStemExecutor(max_workers=1).run(jobs)
+
+    assert "could not all be told to stop (OSError: scheduler gone)" in caplog.text
+    assert "remaining stems in this process" not in caplog.text
 
 
 def _die_at_once(batch: list[tuple[int, StemJob]], timeout: float | None) -> None:

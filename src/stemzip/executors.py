@@ -436,7 +436,17 @@ class _PooledStemExecutor(StemExecutor):
                 except KeyboardInterrupt:
                     # the pool's own shutdown on leaving would run every
                     # batch still queued
-                    self._stop(pool, pending)
+                    try:
+                        self._stop(pool, pending)
+                    except Exception as exc:
+                        # the interrupt stands: it must not pass for a broken
+                        # pool, whose stems would then run here
+                        log.warning(
+                            "%s workers could not all be told to stop (%s: %s)",
+                            self.name,
+                            type(exc).__name__,
+                            exc,
+                        )
                     # a batch that ended before it could give up is done
                     for future in pending:
                         if (
