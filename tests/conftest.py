@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 import zlib
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from stemzip.archive import ArchiveOptions, write_archive
 from stemzip.config import RunSettings
 
 
@@ -51,6 +53,23 @@ def unprivileged() -> list[str]:
     if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
         pytest.skip("cannot drop root's file capabilities here")
     return prefix
+
+
+def earlier_archive(path: Path, members: dict[str, str]) -> None:
+    """Write ``path`` as an earlier run of stemzip would have, with ``members``.
+
+    Their sources are written to a scratch folder and removed, so they count
+    as gone from any data folder.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        sources = []
+        for name, text in members.items():
+            source = Path(folder) / name
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_text(text)
+            sources.append((source, name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_archive(path, sources, ArchiveOptions())
 
 
 def archive_contents(path: Path) -> dict[str, int]:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import psutil
@@ -22,7 +21,13 @@ from omegaconf import OmegaConf
 from stemzip import __version__
 from stemzip.app import save_results
 
-from .conftest import archive_contents, assert_plain_data, crc_of, write_run_tree
+from .conftest import (
+    archive_contents,
+    assert_plain_data,
+    crc_of,
+    earlier_archive,
+    write_run_tree,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 STEMZIP = Path(sys.executable).with_name("stemzip")
@@ -447,8 +452,7 @@ def test_signal_stops_the_run_in_order(
     out = tmp_path / "out"
     out.mkdir()
     for stem in stems:  # archives of an earlier run, to be replaced
-        with zipfile.ZipFile(out / f"{stem}.zip", "w") as old:
-            old.writestr("old.txt", "earlier run")
+        earlier_archive(out / f"{stem}.zip", {"old.txt": "earlier run"})
     process = subprocess.Popen(
         [str(STEMZIP), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -471,7 +475,8 @@ def test_signal_stops_the_run_in_order(
         members = set(archive_contents(out / f"{stem}.zip"))
         if stem in done:
             assert done[stem]["status"] == "zipped"
-            assert members == {f"{stem}_big.csv"}
+            # old.txt's source is gone: the new archive took it over
+            assert members == {f"{stem}_big.csv", "old.txt"}
         else:
             assert members == {"old.txt"}, "an earlier archive is left intact"
     assert not list(out.glob(".*.part"))

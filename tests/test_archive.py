@@ -10,6 +10,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,13 @@ from stemzip.archive import (
 from stemzip.errors import (
     ArchiveVerificationError,
     ConfigError,
+    DamagedArchiveError,
     NotAnArchiveError,
     SourceChangedError,
 )
 from stemzip.results import Status
 
-from .conftest import archive_contents, crc_of
+from .conftest import archive_contents, crc_of, earlier_archive
 
 ALL_OPTIONS = [
     pytest.param(ArchiveOptions(compression="stored"), id="stored"),
@@ -319,8 +321,7 @@ def test_archive_that_fails_verification_fails_its_stem_and_is_removed(
     # demand: the compressor's output is damaged instead, after the CRC of
     # the source was taken, as such a fault would be
     target = tmp_path / "run1.zip"
-    with zipfile.ZipFile(target, "w") as earlier:
-        earlier.writestr("earlier.txt", "an earlier run")
+    earlier_archive(target, {"earlier.txt": "an earlier run"})
     mocker.patch.object(
         ArchiveOptions, "new_compressor", lambda self: _FlippingCompressor()
     )
@@ -514,6 +515,55 @@ def test_only_archives_are_replaced(tmp_path: Path, sources: list[Path]) -> None
 
     assert data_file.read_text() == "precious results"
     assert list(archive_contents(old_archive)) == [p.name for p in sources]
+
+
+def _workbook(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as book:
+        book.writestr("xl/workbook.xml", "<workbook/>")
+
+
+def _cut_short(path: Path) -> None:
+    write_archive(path, [(path.with_suffix(".csv"), "a.csv")], ArchiveOptions())
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+def _mimic(path: Path) -> None:
+    # another tool's archive whose comment is not quite stemzip's
+    with zipfile.ZipFile(path, "w") as other:
+        other.writestr("notes.txt", "mine")
+        other.comment = b"stemzip\0"
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        pytest.param(_workbook, NotAnArchiveError, "did not write", id="workbook"),
+        pytest.param(_mimic, NotAnArchiveError, "did not write", id="other-comment"),
+        pytest.param(
+            _cut_short, DamagedArchiveError, "cannot be read as a ZIP", id="cut-short"
+        ),
+    ],
+)
+def test_only_archives_stemzip_wrote_are_replaced(
+    tmp_path: Path,
+    sources: list[Path],
+    make: Callable[[Path], None],
+    error: type[Exception],
+    message: str,
+) -> None:
+    target = tmp_path / "run1.zip"
+    target.with_suffix(".csv").write_text("a")
+    make(target)
+    before = target.read_bytes()
+
+    with pytest.raises(error, match=message):
+        write_archive(target, _named(sources), ArchiveOptions())
+    result = zip_stem(StemJob("run1", tuple(map(str, sources)), str(target)))
+
+    assert result.status is Status.FAILED
+    assert target.read_bytes() == before
+    assert not list(tmp_path.glob(".*.part"))
 
 
 def test_a_fifo_at_the_archive_path_is_refused_without_blocking(

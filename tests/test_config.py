@@ -107,6 +107,19 @@ def test_relative_folders_resolve_against_base_and_default_sensibly(
     assert settings.if_exists == "overwrite"
 
 
+def test_a_folder_may_start_at_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = {"file_management": {"input_directory": "~/runs", "output_directory": "~"}}
+
+    settings = load_settings(cfg, tmp_path / "elsewhere")
+
+    assert settings.stem_directory == tmp_path / "runs"
+    assert settings.output_directory == tmp_path
+
+
 def test_all_keys_read(tmp_path: Path) -> None:
     cfg = _tree(tmp_path)
     cfg["file_management"] |= {
@@ -283,6 +296,11 @@ def test_nothing_is_created_while_checking(tmp_path: Path) -> None:
         pytest.param({"name": "{stem:.3}.zip"}, "no format spec", id="spec"),
         pytest.param({"name": "{stem!r}.zip"}, "no format spec", id="conversion"),
         pytest.param({"name": "{date:%Y}{stem}.zip"}, "no format spec", id="date-spec"),
+        pytest.param(
+            {"name": "old/.{stem}.0badcafe.part"},
+            "the way stemzip names its temporary files",
+            id="like-a-temporary-file",
+        ),
         pytest.param(
             {"after": "move"}, "archive.move_to is not set", id="move-nowhere"
         ),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stemzip.archive import changed_members
+from stemzip.archive import ArchiveOptions, changed_members, write_archive
 from stemzip.config import RunSettings, load_settings
 from stemzip.errors import ConfigError
 from stemzip.executors import SequentialStemExecutor
@@ -108,7 +108,6 @@ def _resize(data: Path) -> None:
     ("change", "members"),
     [
         pytest.param(_add_file, ["run1_a.csv", "run1_b.csv", "run1_c.csv"], id="added"),
-        pytest.param(_remove_file, ["run1_a.csv"], id="removed"),
         pytest.param(_touch, ["run1_a.csv", "run1_b.csv"], id="date"),
         pytest.param(_resize, ["run1_a.csv", "run1_b.csv"], id="size"),
     ],
@@ -182,18 +181,50 @@ def test_update_redoes_what_a_crashed_run_left_undone(zipped: RunSettings) -> No
     assert sorted(p.name for p in out.iterdir()) == ["run1.zip", "run2.zip"]
 
 
-def test_update_rebuilds_an_archive_it_cannot_read(
-    zipped: RunSettings, caplog: pytest.LogCaptureFixture
+def test_update_keeps_the_members_of_sources_that_are_gone(
+    zipped: RunSettings,
 ) -> None:
+    data, out = zipped.data_directory, zipped.output_directory
+    held = archive_contents(out / "run1.zip")
+    before = _stamp(out / "run1.zip")
+    _remove_file(data)
+
+    results = _zip(zipped)
+
+    # the archive is run1_b.csv's only copy now: nothing to rebuild
+    assert results["run1"].status is Status.SKIPPED
+    assert _stamp(out / "run1.zip") == before
+    assert archive_contents(out / "run1.zip") == held
+
+
+def test_update_drops_a_member_whose_source_is_no_longer_selected(
+    zipped: RunSettings,
+) -> None:
+    # the source is still on disk, so the archive need not keep it
+    data, out = zipped.data_directory, zipped.output_directory
+    settings = dataclasses.replace(
+        zipped, data_filter=dataclasses.replace(zipped.data_filter, exclude=("*_b*",))
+    )
+
+    results = _zip(settings)
+
+    assert results["run1"].status is Status.ZIPPED
+    assert archive_contents(out / "run1.zip") == {
+        "run1_a.csv": crc_of(data / "run1_a.csv")
+    }
+
+
+def test_update_leaves_an_archive_it_cannot_read(zipped: RunSettings) -> None:
     target = zipped.output_directory / "run1.zip"
     whole = target.read_bytes()
     target.write_bytes(whole[: len(whole) // 2])  # no central directory left
 
     results = _zip(zipped)
 
-    assert results["run1"].status is Status.ZIPPED
-    assert list(archive_contents(target)) == ["run1_a.csv", "run1_b.csv"]
-    assert "cannot be read as a ZIP archive; rebuilding" in caplog.text
+    assert results["run1"].status is Status.FAILED
+    assert "cannot be read as a ZIP archive" in str(results["run1"].error)
+    assert target.read_bytes() == whole[: len(whole) // 2]
+    assert results["run2"].status is Status.SKIPPED
 
 
 def test_update_never_replaces_a_file_that_is_not_an_archive(
@@ -271,7 +302,7 @@ def test_dry_run_says_what_each_stem_will_do(
 
     assert f"run1: rebuild (1 member changed) -> {out / 'run1.zip'}" in lines
     assert f"run2: skip (archive up to date) -> {out / 'run2.zip'}" in lines
-    assert f"run3: rebuild (archive unreadable) -> {out / 'run3.zip'}" in lines
+    assert "run3: fail (archive unreadable) -> -" in lines
     assert f"run4: zip -> {out / 'run4.zip'}" in lines
     assert f"run2: fail (archive exists) -> {out / 'run2.zip'}" in refused
     assert f"run4: zip -> {out / 'run4.zip'}" in refused
@@ -363,17 +394,18 @@ def _disposing(settings: RunSettings, after: str, if_exists: str) -> RunSettings
     moved = settings.data_directory.parent / "moved"
     options = dataclasses.replace(
         settings.archive,
-        verify=True,
+        verify=after != "keep",
         after=after,
         move_to=str(moved) if after == "move" else None,
     )
     return dataclasses.replace(settings, archive=options, if_exists=if_exists)
 
 
+@pytest.mark.parametrize("then", ["same", "keep"])
 @pytest.mark.parametrize("if_exists", ["update", "overwrite"])
 @pytest.mark.parametrize("after", ["delete", "move"])
 def test_members_whose_sources_were_disposed_of_are_carried_over(
-    run_tree: Callable[..., RunSettings], after: str, if_exists: str
+    run_tree: Callable[..., RunSettings], after: str, if_exists: str, then: str
 ) -> None:
     settings = _disposing(run_tree(["run1"], {"run1_a.csv": "day 1\n"}), after, "")
     settings = dataclasses.replace(settings, if_exists=if_exists)
@@ -381,8 +413,12 @@ def test_members_whose_sources_were_disposed_of_are_carried_over(
     first = _zip(settings)["run1"]
     assert first.status is Status.ZIPPED
     assert not (data / "run1_a.csv").exists()
-    # a late output of the same run, zipped by the next run
+    # a late output of the same run, zipped by the next run, which may
+    # keep its sources: what the first run removed must survive either way
     (data / "run1_b.csv").write_text("late\n")
+    (data / "run1_0.csv").write_text("sorts first\n")
+    if then == "keep":
+        settings = _disposing(settings, "keep", if_exists)
 
     second = _zip(settings)["run1"]
 
@@ -391,6 +427,9 @@ def test_members_whose_sources_were_disposed_of_are_carried_over(
         assert held.testzip() is None
         assert held.read("run1_a.csv") == b"day 1\n", "the only copy is kept"
         assert held.read("run1_b.csv") == b"late\n"
+        assert held.namelist() == ["run1_0.csv", "run1_a.csv", "run1_b.csv"]
+    if then == "keep":
+        return
     assert not (data / "run1_b.csv").exists()
     # with every source gone, a third run leaves the archive alone
     before = _stamp(archive)
@@ -412,19 +451,46 @@ def test_an_unreadable_archive_is_not_replaced_when_sources_were_disposed_of(
         result = _zip(settings)["run1"]
 
         assert result.status is Status.FAILED
-        assert "cannot" in str(result.error) and "carr" in str(result.error)
+        assert "cannot be read as a ZIP archive" in str(result.error)
         assert (out / "run1.zip").read_bytes() == broken
         assert (settings.data_directory / "run1_a.csv").read_text() == "1\n"
 
 
 def test_members_to_be_carried_over_are_no_change(tmp_path: Path) -> None:
-    source = tmp_path / "run1_b.csv"
+    data = tmp_path / "data"
+    data.mkdir()
+    source = data / "run1_b.csv"
     source.write_text("b\n")
     os.utime(source, (EVEN_SECOND, EVEN_SECOND))
-    with zipfile.ZipFile(tmp_path / "run1.zip", "w") as archive:
-        archive.writestr("run1_a.csv", "a\n")  # its source is gone
-        archive.write(source, source.name)
+    # run1_a.csv's source is gone: the archive is its only copy
+    write_archive(
+        tmp_path / "run1.zip",
+        [(source, source.name), (source, "run1_a.csv")],
+        ArchiveOptions(),
+    )
     members = [(source, source.name)]
 
-    assert changed_members(tmp_path / "run1.zip", members) == 1
-    assert changed_members(tmp_path / "run1.zip", members, carry=True) == 0
+    assert changed_members(tmp_path / "run1.zip", members, str(data)) == 0
+    (data / "run1_a.csv").write_text("back, but not selected")
+    assert changed_members(tmp_path / "run1.zip", members, str(data)) == 1
+
+
+@pytest.mark.parametrize("after", ["delete", "move"])
+def test_update_finishes_what_an_interrupted_disposal_left(
+    zipped: RunSettings, after: str
+) -> None:
+    # the archive is up to date, but the sources are still there, as an
+    # interrupt between the archive and the deletions leaves them
+    data, out = zipped.data_directory, zipped.output_directory
+    held = archive_contents(out / "run1.zip")
+    settings = _disposing(zipped, after, "update")
+    plan = describe_plan(plan_run(dataclasses.replace(settings, dry_run=True)))
+    verb = "deleted" if after == "delete" else "moved"
+    assert f"run1: rebuild (sources still to be {verb})" in plan
+
+    results = _zip(settings)
+
+    assert results["run1"].status is Status.ZIPPED
+    assert archive_contents(out / "run1.zip") == held
+    assert not (data / "run1_a.csv").exists()
+    assert not (data / "run1_b.csv").exists()

@@ -296,6 +296,26 @@ def test_old_style_file_that_is_not_yaml_exits_two(tmp_path: Path) -> None:
             "file_management.input_files.yml must be a list of files, got 'a.yml'",
             id="input-files",
         ),
+        pytest.param(
+            "file_management: {input_directory: runs, input_files: {yml: [1]}}\n",
+            "file_management.input_files.yml must be a list of files, got [1]",
+            id="input-files-numbers",
+        ),
+        pytest.param(
+            "file_management: {filename: {extension: []}}\n",
+            "must be a list of at least one extension, got []",
+            id="no-extension",
+        ),
+        pytest.param(
+            "Analysis: {analysis_root_folder: [x]}\n",
+            "Analysis.analysis_root_folder must be a folder path, got ['x']",
+            id="root-folder",
+        ),
+        pytest.param(
+            "Analysis: {result_folder: [x]}\n",
+            "Analysis.result_folder must be a folder path, got ['x']",
+            id="result-folder",
+        ),
     ],
 )
 def test_old_style_file_with_bad_values_exits_two(
@@ -328,6 +348,24 @@ def _terminated(folder: Path, output: Path, part: str) -> tuple[int, str, str]:
     process.terminate()
     stdout, stderr = process.communicate(timeout=60)
     return process.returncode, stdout, stderr
+
+
+def test_every_extension_is_checked_before_any_is_zipped(tmp_path: Path) -> None:
+    config = OLD_STYLE.replace("[yml]", "[yml, dat]").replace(
+        "  input_directory: runs\n",
+        "  input_directory: runs\n  input_files: {dat: runs/run3.dat}\n",
+    )
+    (tmp_path / "zip.yml").write_text(config)
+    output = tmp_path / "runs" / "output"
+    output.mkdir(parents=True)
+    (tmp_path / "runs" / "run1.yml").write_text("x: 1\n")
+    (output / "run1_a.csv").write_text("1\n")
+
+    done = _legacy(tmp_path, "zip.yml")
+
+    assert done.returncode == 2, done.stderr
+    assert "input_files.dat must be a list of files" in done.stderr
+    assert not list(output.glob("*.zip")), "the yml stems were not zipped first"
 
 
 def test_interrupted_second_extension_prints_the_stems_of_both(

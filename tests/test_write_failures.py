@@ -64,6 +64,7 @@ def _read_only_mount(out: Path) -> list[str]:
     [
         pytest.param("no-permission", "Permission denied", id="no-permission"),
         pytest.param("no-access", "Permission denied", id="no-access"),
+        pytest.param("no-listing", "Permission denied", id="write-only"),
         pytest.param("read-only", "Read-only file system", id="read-only-mount"),
     ],
 )
@@ -75,7 +76,7 @@ def test_unwritable_output_folder_stops_the_run_before_any_work(
     out.mkdir()
     if fault.startswith("no-"):
         # no-access: not even a look inside, which planning takes first
-        out.chmod(0o555 if fault == "no-permission" else 0)
+        out.chmod({"no-permission": 0o555, "no-access": 0, "no-listing": 0o300}[fault])
         prefix = unprivileged()
     else:
         prefix = _read_only_mount(out)
@@ -212,3 +213,37 @@ def test_a_disk_that_really_fills_fails_the_stems_it_hits(tmp_path: Path) -> Non
         assert by_stem[stem]["status"] == "zipped"
         source = tmp_path / "data" / f"{stem}_a.csv"
         assert archive_contents(kept / f"{stem}.zip") == {source.name: crc_of(source)}
+
+
+def test_an_output_folder_that_cannot_be_looked_for_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    write_run_tree(tmp_path, ["run1"], {"run1_a.csv": "1"})
+    closed = tmp_path / "closed"
+    (closed / "out").mkdir(parents=True)
+    closed.chmod(0)
+    try:
+        done = subprocess.run(
+            [
+                *unprivileged(),
+                str(STEMZIP),
+                "file_management.input_directory=stems",
+                "analysis.input_directory=data",
+                "file_management.output_directory=closed/out",
+                "hydra.run.dir=job",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        closed.chmod(0o755)
+
+    assert done.returncode == 2, done.stderr
+    assert (
+        f"file_management.output_directory: cannot look for {closed / 'out'} "
+        "(Permission denied)"
+    ) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list((closed / "out").iterdir()) == []

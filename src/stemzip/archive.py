@@ -28,6 +28,7 @@ from stemzip.errors import (
     ArchiveVerificationError,
     CarryOverError,
     ConfigError,
+    DamagedArchiveError,
     NotAnArchiveError,
     SourceChangedError,
     StemTimeoutError,
@@ -196,6 +197,9 @@ class StemJob:
     # bytes of the sources when planned (None: not known); orders the work,
     # and lets a small archive be assembled in memory
     size: int | None = None
+    # the folder member names are relative to, where a member's source is
+    # looked for before it is carried over (None: every source counts as gone)
+    data_directory: str | None = None
 
     def sources(self) -> list[tuple[str, str]]:
         """Each source path with its own name (or path in the data folder)."""
@@ -536,7 +540,23 @@ def in_the_way(target: Path) -> OSError | None:
     )
 
 
-def _check_replaceable(target: Path) -> None:
+def _check_readable(target: Path) -> None:
+    try:
+        with zipfile.ZipFile(target):
+            pass
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DamagedArchiveError(
+            f"{target} exists and cannot be read as a ZIP archive ({exc}): cut "
+            "short or damaged, it may still hold what its sources no longer "
+            "do, so it is left as it is; move it away to zip this stem afresh"
+        ) from exc
+
+
+def check_replaceable(target: Path) -> None:
+    """Raise unless what is at ``target`` may be replaced by a new archive.
+
+    That is nothing, or an archive stemzip wrote (:func:`is_own_archive`).
+    """
     # an archive only ever replaces an archive: a data file that an
     # archive.name template happens to hit is never written over. Checked
     # again here, for what appeared since the run was planned
@@ -554,7 +574,15 @@ def _check_replaceable(target: Path) -> None:
     if head not in _ZIP_SIGNATURES:
         raise NotAnArchiveError(
             f"{target} exists and is not a ZIP archive; stemzip replaces only "
-            "archives, so move it away or choose another archive.name"
+            "its own archives, so move it away or choose another archive.name"
+        )
+    if not is_own_archive(target):
+        _check_readable(target)
+        # a workbook, a document, another tool's archive: ZIP files all
+        raise NotAnArchiveError(
+            f"{target} exists and is a ZIP file that stemzip did not write "
+            "(another tool's archive, a workbook); stemzip replaces only its "
+            "own archives, so move it away or choose another archive.name"
         )
 
 
@@ -564,8 +592,21 @@ def _stored_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     return (year, month, day, hour, minute, second - second % 2)
 
 
+def source_gone(name: str, data_directory: str | None) -> bool:
+    """Whether a member's source is no longer in the data folder.
+
+    Such a member is carried into the archive that replaces its own: the
+    archive is then the source's only copy.
+    """
+    if data_directory is None:
+        return True
+    return not os.path.lexists(os.path.join(data_directory, *name.split("/")))
+
+
 def changed_members(
-    target: Path, members: Sequence[tuple[str | Path, str]], carry: bool = False
+    target: Path,
+    members: Sequence[tuple[str | Path, str]],
+    data_directory: str | None = None,
 ) -> int | None:
     """Count the differences between the archive at ``target`` and ``members``.
 
@@ -573,12 +614,13 @@ def changed_members(
     Each member the archive lacks, holds with another size, or holds with
     another date (the source's, as the format stores it: clamped to
     1980..2107, in 2-second steps) counts once, as does each name the archive
-    holds beyond them, unless ``carry`` (they would be carried over). Only
-    the central directory is read. Returns None when ``target`` is a ZIP file
+    holds beyond them whose source is still in ``data_directory`` (one whose
+    source is gone would be carried over, so it is no change). Only the
+    central directory is read. Returns None when ``target`` is a ZIP file
     that cannot be read, and raises :class:`NotAnArchiveError` when it is no
-    ZIP file at all.
+    archive stemzip wrote.
     """
-    _check_replaceable(target)
+    check_replaceable(target)
     try:
         with zipfile.ZipFile(target) as archive:
             infos = archive.infolist()
@@ -596,7 +638,8 @@ def changed_members(
             continue
         if stored != (status.st_size, _stored_date_time(status.st_mtime)):
             changed += 1
-    return changed + (0 if carry else len(held))
+    extra = [name for name in held if not source_gone(name, data_directory)]
+    return changed + len(extra)
 
 
 class _ArchiveFile(io.FileIO):
@@ -628,45 +671,94 @@ def _create(path: Path) -> io.FileIO:
         return _ArchiveFile(path, "xb")
 
 
-def _carry_over(
-    archive: zipfile.ZipFile,
-    earlier: Path,
-    options: ArchiveOptions,
-    taken: set[str],
-    deadline: float | None,
-) -> dict[str, int]:
-    """Copy the members of ``earlier`` not named in ``taken`` into ``archive``.
+def _to_carry(
+    earlier: Path, taken: set[str], data_directory: str | None
+) -> list[zipfile.ZipInfo]:
+    """The members of ``earlier`` that its replacement must take over.
 
-    Returns their names and sizes. Every byte is read back through its CRC.
-    Raises :class:`CarryOverError` when ``earlier`` cannot be read.
+    Those that no new member replaces and whose source is gone.
     """
-    carried = {}
     try:
         with zipfile.ZipFile(earlier) as old:
-            for info in old.infolist():
-                if info.filename in taken or info.is_dir():
-                    continue
-                copy = zipfile.ZipInfo(info.filename, info.date_time)
-                copy.external_attr = info.external_attr
-                copy.compress_type = COMPRESSION_METHODS[options.compression]
-                copy.file_size = info.file_size
-                with (
-                    old.open(info) as source,
-                    _open_member(archive, copy, options) as out,
-                ):
-                    while chunk := source.read(_CHUNK):
-                        out.write(chunk)
-                        if deadline is not None and time.monotonic() > deadline:
-                            raise StemTimeoutError("time limit reached")
-                        if told_to_stop():
-                            raise KeyboardInterrupt("the run was interrupted")
-                carried[info.filename] = info.file_size
-    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as exc:
-        raise CarryOverError(
-            f"cannot carry the members of {earlier} whose sources are gone into "
-            f"its replacement ({exc}); the archive is left as it is"
-        ) from exc
-    return carried
+            infos = old.infolist()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise _carry_error(earlier, exc) from exc
+    return [
+        info
+        for info in infos
+        if info.filename not in taken
+        and not info.is_dir()
+        and source_gone(info.filename, data_directory)
+    ]
+
+
+def _carry_error(earlier: Path, exc: BaseException) -> CarryOverError:
+    return CarryOverError(
+        f"cannot carry the members of {earlier} whose sources are gone into its "
+        f"replacement ({exc}); the archive is left as it is: move it away to "
+        "zip this stem afresh"
+    )
+
+
+def _carry_member(
+    archive: zipfile.ZipFile,
+    old: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    options: ArchiveOptions,
+    deadline: float | None,
+) -> int:
+    """Copy one member of ``old`` into ``archive``, through its CRC check."""
+    copy = zipfile.ZipInfo(info.filename, info.date_time)
+    copy.external_attr = info.external_attr
+    copy.compress_type = COMPRESSION_METHODS[options.compression]
+    copy.file_size = info.file_size
+    with old.open(info) as source, _open_member(archive, copy, options) as out:
+        while chunk := source.read(_CHUNK):
+            out.write(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                raise StemTimeoutError("time limit reached")
+            if told_to_stop():
+                raise KeyboardInterrupt("the run was interrupted")
+    return info.file_size
+
+
+def _write_members(
+    archive: zipfile.ZipFile,
+    members: Sequence[tuple[str | Path, str]],
+    carried: list[zipfile.ZipInfo],
+    earlier: Path | None,
+    options: ArchiveOptions,
+    deadline: float | None,
+    small: bool,
+    read: dict[str, Identity] | None,
+) -> tuple[dict[str, int], int]:
+    """Add the sources and the carried members, in name order.
+
+    Returns each new member's size, and how many members were carried.
+    """
+    items: list[tuple[str, str | Path | None, zipfile.ZipInfo | None]]
+    items = [(name, source, None) for source, name in members]
+    items += [(info.filename, None, info) for info in carried]
+    items.sort(key=lambda item: item[0])
+    sizes: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        old = None
+        if carried:
+            assert earlier is not None
+            old = stack.enter_context(zipfile.ZipFile(earlier))
+        for name, source, info in items:
+            if info is None:
+                assert source is not None
+                sizes[name] = _add_member(
+                    archive, os.fspath(source), name, options, deadline, small, read
+                )
+                continue
+            assert old is not None
+            try:
+                sizes[name] = _carry_member(archive, old, info, options, deadline)
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError) as exc:
+                raise _carry_error(earlier or Path(), exc) from exc
+    return sizes, len(carried)
 
 
 def write_archive(
@@ -676,7 +768,7 @@ def write_archive(
     deadline: float | None = None,
     size_hint: int | None = None,
     read: dict[str, Identity] | None = None,
-    carry: bool = False,
+    data_directory: str | None = None,
 ) -> int:
     """Write ``members`` (source, name) into a new ZIP at ``target``.
 
@@ -686,55 +778,54 @@ def write_archive(
     complete, so ``target`` is never seen truncated and a previous archive
     survives any failure. ``size_hint``, the sources' total bytes when known,
     lets a small archive be assembled in memory. ``read``, when given, gets
-    each source's :func:`identity` as archived. With ``carry``, the members
-    of the archive at ``target`` that ``members`` do not name are copied into
-    the new one: their sources were deleted or moved by an earlier run, and
-    the old archive is their only copy. Raises what reading, writing or
-    verifying raised, after removing the temporary file; raises
-    :class:`StemTimeoutError` once ``time.monotonic()`` passes ``deadline``.
+    each source's :func:`identity` as archived. An archive already at
+    ``target`` (stemzip's own: no other file is replaced) hands on every
+    member that no source replaces and whose source is gone from
+    ``data_directory`` (:func:`source_gone`): it is that source's only copy.
+    Raises what reading, writing or verifying raised, after removing the
+    temporary file; raises :class:`StemTimeoutError` once
+    ``time.monotonic()`` passes ``deadline``.
     """
-    _check_replaceable(target)
-    earlier = target if carry and target.is_file() else None
+    check_replaceable(target)
+    earlier = target if target.is_file() else None
+    carried = []
+    if earlier is not None:
+        carried = _to_carry(earlier, {name for _, name in members}, data_directory)
     temporary = _temporary_path(target)
     sizes: dict[str, int] = {}
-    carried: dict[str, int] = {}
     try:
         with _create(temporary) as raw:
             _lock(raw)
             # a small archive is assembled in memory and written at once:
             # zipfile seeks and writes several times per member, and on many
             # small stems those system calls cost more than the compression
-            small = size_hint is not None and size_hint <= _IN_MEMORY and not earlier
+            small = size_hint is not None and size_hint <= _IN_MEMORY and not carried
             memory = io.BytesIO() if small else None
             with zipfile.ZipFile(memory or raw, "w", allowZip64=True) as archive:
                 archive.comment = ARCHIVE_COMMENT
-                for source, name in members:
-                    sizes[name] = _add_member(
-                        archive, os.fspath(source), name, options, deadline, small, read
-                    )
-                if earlier is not None:
-                    carried = _carry_over(
-                        archive, earlier, options, set(sizes), deadline
-                    )
+                sizes, kept = _write_members(
+                    archive, members, carried, earlier, options, deadline, small, read
+                )
             if memory is not None:
                 raw.write(memory.getbuffer())
             if options.fsync:
                 raw.flush()
                 os.fsync(raw.fileno())
         if options.verify:
-            verify_archive(temporary, sizes | carried)
+            verify_archive(temporary, sizes)
         os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
-    if carried:
+    if kept:
         log.info(
             "kept %d members of the earlier %s whose sources are gone",
-            len(carried),
+            kept,
             readable(str(target)),
         )
-    return sum(sizes.values())
+    new = {name for _, name in members}
+    return sum(size for name, size in sizes.items() if name in new)
 
 
 def _unchanged(job: StemJob, read: dict[str, Identity]) -> list[tuple[str, str]]:
@@ -872,11 +963,15 @@ def _write_twice_if_changed(
 ) -> int:
     # a source still being written by a late solver or a copy may be
     # complete a moment later; a second change fails the stem
-    # sources an earlier run deleted or moved live on only in their archive
-    carry = job.options.after != "keep"
     try:
         return write_archive(
-            target, job.members(), job.options, deadline, job.size, read, carry
+            target,
+            job.members(),
+            job.options,
+            deadline,
+            job.size,
+            read,
+            job.data_directory,
         )
     except SourceChangedError as exc:
         log.warning(
@@ -887,7 +982,7 @@ def _write_twice_if_changed(
     # streamed this time: a file that grew may no longer fit in memory
     read.clear()
     return write_archive(
-        target, job.members(), job.options, deadline, None, read, carry
+        target, job.members(), job.options, deadline, None, read, job.data_directory
     )
 
 

@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from stemzip.archive import AFTER_ACTIONS, ArchiveOptions
+from stemzip.archive import AFTER_ACTIONS, ArchiveOptions, is_temporary
 from stemzip.errors import ConfigError, InputDirectoryError, OutputDirectoryError
 from stemzip.grouping import NameFilter
 
@@ -301,7 +301,7 @@ def _folder_value(cfg: Any, key: str) -> str | None:
 
 def _resolve(base_dir: Path, value: str, key: str) -> Path:
     try:
-        return (base_dir / value).resolve()
+        return (base_dir / Path(value).expanduser()).resolve()
     except (OSError, RuntimeError) as exc:  # a link loop on the way
         raise InputDirectoryError(f"{key} {value!r} cannot be resolved: {exc}") from exc
 
@@ -384,11 +384,17 @@ def _archive_name(cfg: Any) -> str:
             f"{{stem}}, {{date}} and {{time}}; e.g. \"{key}='{{stem}}_{{date}}.zip'\" "
             "(quoted so that the shell keeps the inner quotes for Hydra)"
         )
-    sample = PurePosixPath(template.format(stem="s", date="d", time="t"))
+    sample = PurePosixPath(template.format(stem="s", date="20260101", time="000000"))
     if sample.is_absolute() or ".." in sample.parts or "\\" in template:
         raise ConfigError(
             f"{key} {template!r} must stay inside the output folder: no absolute "
             "path, no '..', forward slashes only"
+        )
+    if is_temporary(sample.name):
+        # a later run would take the archive for one a killed run left
+        raise ConfigError(
+            f"{key} {template!r} names archives the way stemzip names its "
+            "temporary files (.<name>.<8 hex digits>.part); choose another name"
         )
     return template
 

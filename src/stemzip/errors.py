@@ -56,6 +56,11 @@ class NotAnArchiveError(StemzipError, FileExistsError):
     """Raised when an archive would replace a file that is not a ZIP archive."""
 
 
+class DamagedArchiveError(NotAnArchiveError):
+    """Raised when a file at an archive's path starts as a ZIP archive but
+    cannot be read as one."""
+
+
 class SchedulerUnreachableError(ConfigError):
     """Raised when the configured Dask scheduler cannot be reached."""
 

@@ -28,13 +28,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stemzip.archive import ArchiveOptions, StemJob, log_result, zip_stem
-from stemzip.config import load_settings
+from stemzip.config import RunSettings, load_settings
 from stemzip.errors import (
     ConfigError,
     RunInterrupted,
     StemzipError,
     UnsafeArchiveError,
 )
+from stemzip.executors import StemExecutor
 from stemzip.results import Status, summarise
 from stemzip.task import build_executor, zip_by_stem
 
@@ -54,14 +55,20 @@ def _section(cfg: Config, key: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _folder(cfg: Config, key: str) -> str | None:
+    folder = _section(cfg, "Analysis").get(key)
+    if folder is not None and not isinstance(folder, (str, Path)):
+        raise ConfigError(f"Analysis.{key} must be a folder path, got {folder!r}")
+    return str(folder) if folder else None
+
+
 def _root(cfg: Config) -> Path:
-    root = _section(cfg, "Analysis").get("analysis_root_folder")
+    root = _folder(cfg, "analysis_root_folder")
     return Path(root).resolve() if root else Path.cwd()
 
 
 def _result_folder(cfg: Config) -> str | None:
-    folder = _section(cfg, "Analysis").get("result_folder")
-    return str(folder) if folder else None
+    return _folder(cfg, "result_folder")
 
 
 def _explicit_stems(cfg: Config, extension: str) -> list[str] | None:
@@ -74,12 +81,15 @@ def _explicit_stems(cfg: Config, extension: str) -> list[str] | None:
     files = given.get(extension)
     if files is None:
         return None
-    if not isinstance(files, list):
+    # the framework passed paths as strings or as Path objects
+    if not isinstance(files, list) or not all(
+        isinstance(f, (str, Path)) and str(f) for f in files
+    ):
         raise ConfigError(
             f"file_management.input_files.{extension} must be a list of files, "
-            f"got {files!r}; e.g. [{files}]"
+            f"got {files!r}; e.g. [run1.{extension}]"
         )
-    return sorted({Path(str(f)).stem for f in files})
+    return sorted({Path(f).stem for f in files})
 
 
 def _step_config(cfg: Config, extension: str, stems: Sequence[str] | None) -> Config:
@@ -144,23 +154,46 @@ class ZipUtilities:
                 f"file_management.filename must be a mapping, got {filename!r}"
             )
         extensions = filename.get("extension", ["yml"])
-        if not isinstance(extensions, list):
+        if not isinstance(extensions, list) or not extensions:
             raise ConfigError(
-                f"file_management.filename.extension must be a list, got {extensions!r}"
+                "file_management.filename.extension must be a list of at least one "
+                f"extension, got {extensions!r}"
             )
-        for extension in extensions:
-            self.zip_files_by_file_extension(cfg, extension)
+        # every extension's settings are checked before any is zipped
+        steps = [self._plan_step(cfg, extension) for extension in extensions]
+        for step in steps:
+            self._run_step(cfg, *step)
         return cfg
 
     def zip_files_by_file_extension(self, cfg: Config, file_extension: str) -> Config:
         """Zip the stems of one stem extension; add them to the results."""
+        self._run_step(cfg, *self._plan_step(cfg, file_extension))
+        return cfg
+
+    def _plan_step(
+        self, cfg: Config, extension: str
+    ) -> tuple[str, RunSettings, StemExecutor, list[str] | None]:
+        """Check one stem extension's settings; touches no file."""
         if "basename" not in cfg:
             raise ConfigError("the config has no basename; set basename: zip_utilities")
-        stems = _explicit_stems(cfg, file_extension)
-        step = _step_config(cfg, file_extension, stems)
-        settings = load_settings(step, _root(cfg))
+        if not isinstance(extension, str) or not extension:
+            raise ConfigError(
+                f"file_management.filename.extension holds {extension!r}; "
+                "give extensions such as yml"
+            )
+        stems = _explicit_stems(cfg, extension)
+        settings = load_settings(_step_config(cfg, extension, stems), _root(cfg))
         executor = build_executor(cfg.get("parallel_processing"))
+        return extension, settings, executor, stems
 
+    def _run_step(
+        self,
+        cfg: Config,
+        file_extension: str,
+        settings: RunSettings,
+        executor: StemExecutor,
+        stems: list[str] | None,
+    ) -> None:
         try:
             results = zip_by_stem(settings, executor, stems=stems)
         except RunInterrupted as exc:
@@ -171,7 +204,6 @@ class ZipUtilities:
 
         log.info("%s stems: %s", file_extension, summarise(results).describe())
         _merge(cfg, str(cfg["basename"]), [result.to_dict() for result in results])
-        return cfg
 
     def zip_files(self, cfg: Config, files: Sequence[str], zip_stem_name: str) -> str:
         """Zip ``files`` into ``<result folder>/<zip_stem_name>.zip``; return its path.

@@ -12,13 +12,14 @@ from pathlib import Path
 from stemzip.archive import (
     StemJob,
     changed_members,
+    check_replaceable,
     describe_error,
     in_the_way,
     is_own_archive,
     is_temporary,
 )
 from stemzip.config import RunSettings
-from stemzip.errors import ConfigError, NotAnArchiveError
+from stemzip.errors import ConfigError, DamagedArchiveError, NotAnArchiveError
 from stemzip.grouping import (
     StemIndex,
     contenders,
@@ -209,27 +210,25 @@ def _group(
 
 def _without_archives(
     settings: RunSettings, members: dict[str, list[str]], targets: dict[str, Path]
-) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
-    """Members without the archives in the output folder, the old ones left,
-    and the stems whose archive would replace a data file.
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Members without the archives in the output folder, and the old ones left.
 
     Only when the output folder is the data folder or inside it. This run's
     archives from an earlier run (marked as stemzip's) are dropped without a
     word; any other ``.zip`` there (a stale or foreign archive, such as
     ``run1_old.zip``) is returned per stem as left out, so that no archive
-    ever takes in another and a rerun archives what the first did. A data
-    file at a stem's archive path that stemzip did not write (a workbook an
-    ``archive.name`` ending in ``.xlsx`` lands on) stays a member, and the
-    stem whose archive would replace it fails.
+    ever takes in another and a rerun archives what the first did. Any other
+    file at an archive's path (a workbook an ``archive.name`` ending in
+    ``.xlsx`` lands on) stays a member; the stem whose archive would replace
+    it fails when it is decided.
     """
     output = _output_inside_data(settings)
     if output is None:
-        return members, {}, {}
+        return members, {}
     prefix = f"{settings.data_directory}{os.sep}"
-    planned = {str(target): stem for stem, target in targets.items()}
+    planned = {str(target) for target in targets.values()}
     kept: dict[str, list[str]] = {}
     stale: dict[str, list[str]] = {}
-    blocked: dict[str, str] = {}
     for stem, paths in members.items():
         kept[stem] = []
         for path in paths:
@@ -237,20 +236,15 @@ def _without_archives(
             full = prefix + path.replace("/", os.sep)
             if full in planned and is_own_archive(full):
                 continue
-            if full in planned:
-                blocked[planned[full]] = (
-                    f"data file {readable(path)!r} is where this stem's archive "
-                    "would go, and is no archive stemzip wrote, so it is not "
-                    "replaced; choose an archive.name that names no data file"
-                )
-                kept[stem].append(path)
-            elif name.lower().endswith(".zip") and Path(full).is_relative_to(output):
+            if full not in planned and (
+                name.lower().endswith(".zip") and Path(full).is_relative_to(output)
+            ):
                 stale.setdefault(stem, []).append(
                     f"{path}: archive in the output folder"
                 )
             else:
                 kept[stem].append(path)
-    return kept, stale, blocked
+    return kept, stale
 
 
 def _report_left_out(
@@ -291,13 +285,10 @@ def _existing_archive(
         return refused, "fail (archive exists)"
     try:
         changed = changed_members(
-            Path(target), job.members(), carry=job.options.after != "keep"
+            Path(target), job.members(), str(settings.data_directory)
         )
     except NotAnArchiveError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        log.error("stem %r failed: %s", readable(stem), readable(error))
-        failed = StemResult(stem, Status.FAILED, None, job.files, error)
-        return failed, "fail (not a ZIP archive)"
+        return _refused(job, exc)
     except OSError as exc:
         # an archive this user may not read cannot be compared, nor replaced
         # by the check that it is one
@@ -305,27 +296,38 @@ def _existing_archive(
         log.error("stem %r failed: %s", readable(stem), readable(error))
         failed = StemResult(stem, Status.FAILED, None, job.files, error)
         return failed, "fail (archive unreadable)"
-    if changed is None and job.options.after != "keep":
-        # it may hold the only copy of sources an earlier run disposed of
+    if changed is None:
+        # it may hold the only copy of sources that are gone
         error = (
             f"existing archive {target} cannot be read, so the members whose "
-            f"sources an earlier archive.after={job.options.after} removed "
-            "cannot be carried over; it is left as it is: move it away to "
-            "zip this stem afresh"
+            "sources are gone cannot be carried into its replacement; it is "
+            "left as it is: move it away to zip this stem afresh"
         )
         log.error("stem %r failed: %s", readable(stem), readable(error))
         failed = StemResult(stem, Status.FAILED, None, job.files, error)
         return failed, "fail (archive unreadable)"
-    if changed is None:
-        log.warning("existing %s cannot be read as a ZIP archive; rebuilding", target)
-        return job, "rebuild (archive unreadable)"
     if changed:
         log.debug("rebuilding %s: %d members changed", target, changed)
         plural = "s" if changed > 1 else ""
         return job, f"rebuild ({changed} member{plural} changed)"
+    if job.options.after != "keep":
+        # an interrupt may have cut the last run's deletions short: the
+        # archive is rebuilt and verified before the sources go
+        verb = "deleted" if job.options.after == "delete" else "moved"
+        return job, f"rebuild (sources still to be {verb})"
     log.info("kept %s: archive up to date", target)
     current = StemResult(stem, Status.SKIPPED, target, job.files)
     return current, "skip (archive up to date)"
+
+
+def _refused(job: StemJob, exc: NotAnArchiveError) -> tuple[StemResult, str]:
+    """The failure of a stem whose archive would replace another file."""
+    error = f"{type(exc).__name__}: {exc}"
+    log.error("stem %r failed: %s", readable(job.stem), readable(error))
+    failed = StemResult(job.stem, Status.FAILED, None, job.files, error)
+    if isinstance(exc, DamagedArchiveError):
+        return failed, "fail (archive unreadable)"
+    return failed, "fail (not an archive stemzip wrote)"
 
 
 def _blocker_note(blocker: OSError) -> str:
@@ -359,6 +361,7 @@ def _decide(
         options=settings.archive,
         arcnames=tuple(members) if settings.recursive else (),
         size=sum(_size(path) for path in files),
+        data_directory=str(settings.data_directory),
     )
     blocker = in_the_way(target)
     if blocker is not None:
@@ -368,7 +371,13 @@ def _decide(
         log.error("stem %r failed: %s", readable(stem), readable(error))
         blocked = StemResult(stem, Status.FAILED, None, files, error)
         return blocked, _blocker_note(blocker)
-    if settings.if_exists == "overwrite" or not target.is_file():
+    if not target.is_file():
+        return job, None
+    if settings.if_exists == "overwrite":
+        try:
+            check_replaceable(target)
+        except NotAnArchiveError as exc:
+            return _refused(job, exc)
         return job, None
     return _existing_archive(settings, job)
 
@@ -496,12 +505,10 @@ def plan_run(settings: RunSettings, stems: Sequence[str] | None = None) -> Plan:
     started = time.localtime()
     targets = {stem: archive_path(settings, stem, started) for stem in members}
     escaping = _check_targets(settings, targets)
-    members, stale, blocked = _without_archives(settings, members, targets)
+    members, stale = _without_archives(settings, members, targets)
     left_out = _report_left_out(odd, stale)
     index = StemIndex(every_stem)
     clashes = _name_clashes(members, targets, index, escaping)
-    for stem, error in blocked.items():
-        clashes.setdefault(stem, (error, "fail (a data file is in the way)"))
 
     jobs: list[StemJob] = []
     settled: list[StemResult] = []

@@ -89,12 +89,40 @@ def _check_writable(folder: Path) -> None:
         finally:
             os.close(fd)
             probe.unlink()
+        # the folder is listed too, for temporary files killed runs left
+        with os.scandir(folder):
+            pass
     except OSError as exc:
         raise OutputDirectoryError(
             f"file_management.output_directory: cannot write in {folder} "
             f"({exc.strerror or exc}); make it writable or set "
             "file_management.output_directory=<a writable folder>"
         ) from exc
+
+
+def _exists(folder: Path) -> bool:
+    """Whether the output folder exists; raises if that cannot be told."""
+    try:
+        os.stat(folder)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # a folder on the way this user may not search
+        raise OutputDirectoryError(
+            f"file_management.output_directory: cannot look for {folder} "
+            f"({exc.strerror or exc}); make the folders on the way searchable "
+            "or set file_management.output_directory=<a writable folder>"
+        ) from exc
+    return True
+
+
+def _check_access(folder: Path) -> None:
+    # as _check_writable, for a dry run, which writes nothing
+    if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+        raise OutputDirectoryError(
+            f"file_management.output_directory: cannot write in {folder} "
+            "(Permission denied); make it writable or set "
+            "file_management.output_directory=<a writable folder>"
+        )
 
 
 def _prepare_output(folder: Path) -> None:
@@ -128,9 +156,12 @@ def zip_by_stem(
     :class:`~stemzip.errors.OutputDirectoryError` when an output folder
     cannot be created or written to, before any archive is written.
     """
-    if not settings.dry_run and settings.output_directory.is_dir():
-        # before planning, which looks at each archive's path in it
-        _check_writable(settings.output_directory)
+    # before planning, which looks at each archive's path in it
+    if _exists(settings.output_directory):
+        if settings.dry_run:
+            _check_access(settings.output_directory)
+        else:
+            _check_writable(settings.output_directory)
     plan = plan_run(settings, stems)
     if settings.dry_run:
         log.info(
