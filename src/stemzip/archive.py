@@ -334,8 +334,7 @@ def _add_member(
         os.close(fd)
         raise SourceChangedError(
             f"{readable(os.path.basename(source))!r} grew to {before.st_size} bytes "
-            "since the "
-            "run was planned; rerun once it is complete"
+            "since the run was planned; rerun once it is complete"
         )
     info = _zip_info(arcname, before)
     info.compress_type = COMPRESSION_METHODS[options.compression]
@@ -738,8 +737,9 @@ def _write_members(
     """
     items: list[tuple[str, str | Path | None, zipfile.ZipInfo | None]]
     items = [(name, source, None) for source, name in members]
-    items += [(info.filename, None, info) for info in carried]
-    items.sort(key=lambda item: item[0])
+    if carried:
+        items += [(info.filename, None, info) for info in carried]
+        items.sort(key=lambda item: item[0])
     sizes: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         old = None
