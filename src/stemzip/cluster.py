@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, wait
 from contextlib import contextmanager
@@ -88,7 +89,7 @@ class DaskStemExecutor(_PooledStemExecutor):
 
     @contextmanager
     def _connect(self, workers: int) -> Iterator[Any]:
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
         if self.address:
             log.info(
@@ -110,7 +111,23 @@ class DaskStemExecutor(_PooledStemExecutor):
             return
         with (
             _quiet_cluster(),
-            LocalCluster(
+            self._local_cluster(workers) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+
+    @staticmethod
+    def _local_cluster(workers: int) -> Any:
+        from distributed import LocalCluster
+
+        # Ctrl-C reaches the whole process group: worker processes that
+        # inherit an ignored SIGINT go on until this process, which the
+        # interrupt stops in order, tells them to give up, instead of dying
+        # mid-archive with a traceback each. A Ctrl-C while the cluster
+        # starts is lost; SIGTERM still stops the run then
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
@@ -118,10 +135,9 @@ class DaskStemExecutor(_PooledStemExecutor):
                 host="127.0.0.1",
                 # the cluster's own start and stop lines are not the run's news
                 silence_logs=logging.WARNING,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _worker_lost(self, error: BaseException) -> bool:
         from distributed import KilledWorker
