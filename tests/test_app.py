@@ -302,21 +302,33 @@ def test_version() -> None:
     assert done.stdout.startswith(f"stemzip {__version__} (Hydra ")
 
 
-def test_help_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+def _into_a_closed_pipe(cwd: Path, *args: str) -> tuple[int, bytes]:
     process = subprocess.Popen(
-        [str(STEMZIP), "--help"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [str(STEMZIP), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert process.stdout is not None
-    process.stdout.close()  # the reader is gone before the help is printed
-
+    process.stdout.close()  # the reader is gone before anything is printed
     _, stderr = process.communicate(timeout=60)
+    return process.returncode, stderr
 
-    assert process.returncode == 141, stderr
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_help_into_a_closed_pipe_exits_quietly(tmp_path: Path, option: str) -> None:
+    returncode, stderr = _into_a_closed_pipe(tmp_path, option)
+
+    assert returncode == 141, stderr
     assert b"Traceback" not in stderr
     assert b"BrokenPipeError" not in stderr
+
+
+def test_dry_run_into_a_closed_pipe_ends_as_it_would(example: Path) -> None:
+    returncode, stderr = _into_a_closed_pipe(
+        example, "dry_run=true", "hydra.run.dir=job"
+    )
+
+    assert returncode == 0, stderr
+    assert b"Traceback" not in stderr
+    assert len(_results(example / "job")) == len(EXAMPLE_STEMS)
 
 
 def test_another_apps_project_config_is_left_alone(tmp_path: Path) -> None:

@@ -44,8 +44,17 @@ def _record(status: int) -> None:
     _outcome["status"] = max(_outcome["status"], status)
 
 
+def _quiet_stdout() -> None:
+    # nothing more reaches a reader that went away, not even at exit
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _print_plan(text: str) -> None:
-    print(text, end="", flush=True)
+    try:
+        print(text, end="", flush=True)
+    except BrokenPipeError:
+        # the reader stopped reading (| head): the run goes on without it
+        _quiet_stdout()
 
 
 # a character beyond U+FFFF as JSON escapes it: a surrogate pair, after an
@@ -163,7 +172,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main() -> None:
     """Console entry point of ``stemzip``."""
     if sys.argv[1:] == ["--version"]:
-        print(f"stemzip {__version__} (Hydra {hydra.__version__})")
+        try:
+            print(f"stemzip {__version__} (Hydra {hydra.__version__})", flush=True)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(EXIT_OUTPUT_CLOSED)
         return
     _outcome.update(status=0, jobs=0)
     task = hydra.main(
@@ -177,9 +190,8 @@ def main() -> None:
         print("stemzip: interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
-        # the reader of --help or of a dry run's plan went away (| head):
-        # no traceback, and nothing more written to the closed pipe at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # the reader of --help went away: no traceback
+        _quiet_stdout()
         sys.exit(EXIT_OUTPUT_CLOSED)
     except SystemExit as exc:
         # Hydra exits 1 when it cannot compose the config (a bad type, an

@@ -345,6 +345,12 @@ def _decide(
 ) -> tuple[StemJob | StemResult, str | None]:
     """The job for one stem or its settled result, and the plan's note on it."""
     if not members:
+        if is_own_archive(target):
+            # every source went after an earlier run archived it: the
+            # archive holds the stem, and is kept as it is
+            log.info("kept %s: its stem has no data files left", target)
+            kept = StemResult(stem, Status.SKIPPED, str(target))
+            return kept, "skip (no data files left, archive kept)"
         log.warning("stem %r has no data files in %s", stem, settings.data_directory)
         return StemResult(stem=stem, status=Status.NO_FILES), None
     # plain strings: Path objects cost more than the rest of planning here
