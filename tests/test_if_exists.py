@@ -420,8 +420,10 @@ def test_members_whose_sources_were_disposed_of_are_carried_over(
     if then == "keep":
         settings = _disposing(settings, "keep", if_exists)
 
+    plan = describe_plan(plan_run(dataclasses.replace(settings, dry_run=True)))
     second = _zip(settings)["run1"]
 
+    assert "    run1_a.csv (kept from the archive there: its source is gone)" in plan
     assert second.status is Status.ZIPPED, second.error
     with zipfile.ZipFile(archive) as held:
         assert held.testzip() is None

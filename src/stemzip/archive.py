@@ -691,6 +691,24 @@ def _to_carry(
     ]
 
 
+def carried_members(job: StemJob) -> list[str]:
+    """The members of the job's existing archive that its new one will keep.
+
+    Empty when there is no archive, or one that cannot be replaced or read,
+    which fails the stem anyway. For the dry run's plan.
+    """
+    target = Path(job.archive_path)
+    if not is_own_archive(target):
+        return []
+    taken = {name for _, name in job.members()}
+    try:
+        return sorted(
+            info.filename for info in _to_carry(target, taken, job.data_directory)
+        )
+    except CarryOverError:
+        return []
+
+
 def _carry_error(earlier: Path, exc: BaseException) -> CarryOverError:
     return CarryOverError(
         f"cannot carry the members of {earlier} whose sources are gone into its "

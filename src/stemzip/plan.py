@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stemzip.archive import (
     StemJob,
+    carried_members,
     changed_members,
     check_replaceable,
     describe_error,
@@ -568,6 +569,7 @@ def describe_plan(plan: Plan) -> str:
         )
         for job in plan.jobs
     }
+    carried = {job.stem: carried_members(job) for job in plan.jobs}
     for result in plan.settled:
         action = plan.notes.get(result.stem, result.status.value.replace("_", " "))
         actions[result.stem] = (action, result.zip_file_path or "-", [])
@@ -575,6 +577,10 @@ def describe_plan(plan: Plan) -> str:
         action, target, members = actions[stem]
         lines.append(f"{stem}: {action} -> {target}")
         lines.extend(f"    {name}" for _, name in members)
+        lines.extend(
+            f"    {name} (kept from the archive there: its source is gone)"
+            for name in carried.get(stem, [])
+        )
         lines.extend(f"    left out: {entry}" for entry in plan.left_out.get(stem, []))
     lines.append(f"{len(plan.unmatched)} files match no stem:")
     lines.extend(f"    {path}" for path in plan.unmatched)
