@@ -25,7 +25,9 @@ from .conftest import archive_contents, crc_of, unprivileged, write_run_tree
 from .test_app import STEMZIP
 
 
-def _stemzip(prefix: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+def _stemzip(
+    prefix: list[str], folder: Path, output: str = "out"
+) -> subprocess.CompletedProcess[str]:
     """Run the command under ``prefix`` on the run tree in ``folder``."""
     return subprocess.run(
         [
@@ -33,7 +35,7 @@ def _stemzip(prefix: list[str], folder: Path) -> subprocess.CompletedProcess[str
             str(STEMZIP),
             "file_management.input_directory=stems",
             "analysis.input_directory=data",
-            "file_management.output_directory=out",
+            f"file_management.output_directory={output}",
             "parallel_processing=sequential",
             "hydra.run.dir=job",
         ],
@@ -223,20 +225,7 @@ def test_an_output_folder_that_cannot_be_looked_for_stops_the_run(
     (closed / "out").mkdir(parents=True)
     closed.chmod(0)
     try:
-        done = subprocess.run(
-            [
-                *unprivileged(),
-                str(STEMZIP),
-                "file_management.input_directory=stems",
-                "analysis.input_directory=data",
-                "file_management.output_directory=closed/out",
-                "hydra.run.dir=job",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = _stemzip(unprivileged(), tmp_path, output="closed/out")
     finally:
         closed.chmod(0o755)
 

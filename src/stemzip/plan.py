@@ -281,9 +281,7 @@ def _existing_archive(
             "archive.if_exists=overwrite to replace it, update to rebuild it "
             "when its sources changed, or skip to keep it"
         )
-        log.error("stem %r failed: %s", readable(stem), readable(error))
-        refused = StemResult(stem, Status.FAILED, target, job.files, error)
-        return refused, "fail (archive exists)"
+        return _failed(job, error, "fail (archive exists)", target)
     try:
         changed = changed_members(
             Path(target), job.members(), str(settings.data_directory)
@@ -294,9 +292,7 @@ def _existing_archive(
         # an archive this user may not read cannot be compared, nor replaced
         # by the check that it is one
         error = f"cannot read existing archive: {describe_error(exc)}"
-        log.error("stem %r failed: %s", readable(stem), readable(error))
-        failed = StemResult(stem, Status.FAILED, None, job.files, error)
-        return failed, "fail (archive unreadable)"
+        return _failed(job, error, "fail (archive unreadable)")
     if changed is None:
         # it may hold the only copy of sources that are gone
         error = (
@@ -304,9 +300,7 @@ def _existing_archive(
             "sources are gone cannot be carried into its replacement; it is "
             "left as it is: move it away to zip this stem afresh"
         )
-        log.error("stem %r failed: %s", readable(stem), readable(error))
-        failed = StemResult(stem, Status.FAILED, None, job.files, error)
-        return failed, "fail (archive unreadable)"
+        return _failed(job, error, "fail (archive unreadable)")
     if changed:
         log.debug("rebuilding %s: %d members changed", target, changed)
         plural = "s" if changed > 1 else ""
@@ -321,14 +315,20 @@ def _existing_archive(
     return current, "skip (archive up to date)"
 
 
+def _failed(
+    job: StemJob, error: str, note: str, archive: str | None = None
+) -> tuple[StemResult, str]:
+    """A stem failed when planned, logged, with the plan's note on it."""
+    log.error("stem %r failed: %s", readable(job.stem), readable(error))
+    return StemResult(job.stem, Status.FAILED, archive, job.files, error), note
+
+
 def _refused(job: StemJob, exc: NotAnArchiveError) -> tuple[StemResult, str]:
     """The failure of a stem whose archive would replace another file."""
     error = f"{type(exc).__name__}: {exc}"
-    log.error("stem %r failed: %s", readable(job.stem), readable(error))
-    failed = StemResult(job.stem, Status.FAILED, None, job.files, error)
     if isinstance(exc, DamagedArchiveError):
-        return failed, "fail (archive unreadable)"
-    return failed, "fail (not an archive stemzip wrote)"
+        return _failed(job, error, "fail (archive unreadable)")
+    return _failed(job, error, "fail (not an archive stemzip wrote)")
 
 
 def _blocker_note(blocker: OSError) -> str:
