@@ -261,7 +261,7 @@ def _string_list(cfg: Any, key: str, default: Sequence[str] = ()) -> tuple[str, 
             f"{key} must be a list of strings, got {value!r}; "
             f"write it as a list, e.g. {key}=[{value}]"
         )
-    if not isinstance(value, (list, tuple)):
+    if not isinstance(value, Sequence) or isinstance(value, bytes):
         raise ConfigError(
             f"{key} must be a list of strings, got {value!r}; e.g. {key}=[csv,txt]"
         )
