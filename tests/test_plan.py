@@ -245,52 +245,67 @@ def test_dry_run_says_what_becomes_of_the_sources(
     assert f"run1: {words}" in describe_plan(plan_run(settings))
 
 
-def test_a_folder_where_an_archive_goes_fails_its_stem_when_planned(
+def _folder_in_the_way(out: Path) -> None:
+    (out / "run1.zip").mkdir(parents=True)
+
+
+def _fifo_in_the_way(out: Path) -> None:
+    out.mkdir(parents=True)
+    os.mkfifo(out / "run1.zip")  # opening it would block
+
+
+def _file_on_the_way(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "run1").write_text("a file, not a folder")
+
+
+@pytest.mark.parametrize(
+    ("make", "archive_name", "kind", "message", "note"),
+    [
+        pytest.param(
+            _folder_in_the_way,
+            "{stem}.zip",
+            "IsADirectoryError: ",
+            "is a folder, where this stem's archive would go",
+            "fail (a folder is in the way)",
+            id="folder",
+        ),
+        pytest.param(
+            _fifo_in_the_way,
+            "{stem}.zip",
+            "NotAnArchiveError: ",
+            "is no regular file, let alone a ZIP archive",
+            "fail (a non-file is in the way)",
+            id="fifo",
+        ),
+        pytest.param(
+            _file_on_the_way,
+            "{stem}/data.zip",
+            "NotADirectoryError: a file stands where a folder on the way to ",
+            "would be; move it away or choose another archive.name",
+            "fail (a file is in the way of its folder)",
+            id="file-on-the-way",
+        ),
+    ],
+)
+def test_what_stands_at_an_archive_path_fails_its_stem_when_planned(
     run_tree: Callable[..., RunSettings],
-) -> None:
-    settings = run_tree(["run1", "run10"], DATA, dry_run=True)
-    (settings.output_directory / "run1.zip").mkdir(parents=True)
-
-    plan = plan_run(settings)
-
-    assert [job.stem for job in plan.jobs] == ["run10"]
-    (blocked,) = plan.settled
-    assert blocked.status is Status.FAILED
-    assert "is a folder, where this stem's archive would go" in str(blocked.error)
-    assert "run1: fail (a folder is in the way)" in describe_plan(plan)
-
-
-def test_a_fifo_where_an_archive_goes_fails_its_stem_unopened(
-    run_tree: Callable[..., RunSettings],
-) -> None:
-    settings = run_tree(["run1", "run10"], DATA, dry_run=True)
-    settings.output_directory.mkdir(parents=True, exist_ok=True)
-    os.mkfifo(settings.output_directory / "run1.zip")  # opening it would block
-
-    plan = plan_run(settings)
-
-    assert [job.stem for job in plan.jobs] == ["run10"]
-    (blocked,) = plan.settled
-    assert blocked.status is Status.FAILED
-    assert "is no regular file, let alone a ZIP archive" in str(blocked.error)
-    assert "run1: fail (a non-file is in the way)" in describe_plan(plan)
-
-
-def test_a_file_on_the_way_to_an_archive_fails_its_stem_when_planned(
-    run_tree: Callable[..., RunSettings],
+    make: Callable[[Path], None],
+    archive_name: str,
+    kind: str,
+    message: str,
+    note: str,
 ) -> None:
     settings = run_tree(
-        ["run1", "run10"], DATA, dry_run=True, archive_name="{stem}/data.zip"
+        ["run1", "run10"], DATA, dry_run=True, archive_name=archive_name
     )
-    settings.output_directory.mkdir(parents=True)
-    (settings.output_directory / "run1").write_text("a file, not a folder")
+    make(settings.output_directory)
 
     plan = plan_run(settings)
 
     assert [job.stem for job in plan.jobs] == ["run10"]
     (blocked,) = plan.settled
     assert blocked.status is Status.FAILED
-    assert str(blocked.error).startswith(
-        "NotADirectoryError: a file stands where a folder on the way to "
-    )
-    assert "run1: fail (a file is in the way of its folder)" in describe_plan(plan)
+    assert str(blocked.error).startswith(kind)
+    assert message in str(blocked.error)
+    assert f"run1: {note}" in describe_plan(plan)

@@ -157,11 +157,13 @@ def zip_by_stem(
     cannot be created or written to, before any archive is written.
     """
     # before planning, which looks at each archive's path in it
+    checked: set[Path] = set()
     if _exists(settings.output_directory):
         if settings.dry_run:
             _check_access(settings.output_directory)
         else:
             _check_writable(settings.output_directory)
+            checked.add(settings.output_directory)
     plan = plan_run(settings, stems)
     if settings.dry_run:
         log.info(
@@ -180,7 +182,7 @@ def zip_by_stem(
         return plan.noting_left_out(planned + plan.settled)
     if plan.jobs:
         # archive names may hold subfolders ({date}/{stem}.zip)
-        for folder in {Path(job.archive_path).parent for job in plan.jobs}:
+        for folder in {Path(job.archive_path).parent for job in plan.jobs} - checked:
             _prepare_output(folder)
         remove_partial_files(plan.jobs)
     log.info(
